@@ -1,0 +1,90 @@
+# smarttrim: one entry point for build, test, bench and dependencies.
+#
+#   make            library, tests and build/smarttrim
+#   make test       every test suite, ending with "N passed, N failed"
+#   make test-asan  the same suites under AddressSanitizer + UBSan
+#   make bench      side-by-side benchmarks (prints ratios, writes JSON)
+#   make deps       installs missing Debian packages (idempotent)
+
+CXX      ?= g++
+BUILD    ?= build
+OPT      ?= -O3
+CXXFLAGS ?= $(OPT) -g
+CXXFLAGS += -std=c++20 -Wall -Wextra -fopenmp -I. -MMD -MP
+LDFLAGS  += -fopenmp
+LDLIBS   += -lm
+
+# --- CUDA: compiled whenever nvcc is found, so a GPU-less CI proves it builds.
+NVCC := $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
+CUDA_ARCH ?= sm_90
+ifneq ($(NVCC),)
+  CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
+  CUDA_SRC  := $(wildcard cuda/*.cu)
+  CXXFLAGS  += -DSMARTTRIM_CUDA -I$(CUDA_HOME)/include
+  LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas
+  NVCCFLAGS ?= -O3 -std=c++20 -arch=$(CUDA_ARCH) -I. -Xcompiler -Wall,-Wextra,-fopenmp
+else
+  CUDA_SRC  :=
+  $(info nvcc not found: building the CPU engine only)
+endif
+
+LIB_SRC  := $(wildcard engine/*.cpp engine/ops/*.cpp layers/*.cpp pruning/*.cpp weights/*.cpp)
+LIB_OBJ  := $(LIB_SRC:%.cpp=$(BUILD)/obj/%.o) $(CUDA_SRC:%.cu=$(BUILD)/obj/%.o)
+APP_OBJ  := $(patsubst %.cpp,$(BUILD)/obj/%.o,$(wildcard apps/*.cpp))
+TEST_OBJ := $(patsubst %.cpp,$(BUILD)/obj/%.o,$(wildcard tests/*.cpp))
+LIB      := $(BUILD)/libsmarttrim.a
+
+.PHONY: all test test-asan bench deps check-deps clean
+all: $(BUILD)/smarttrim $(BUILD)/unit_tests
+
+$(BUILD)/obj/%.o: %.cpp
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS) -c $< -o $@
+
+$(BUILD)/obj/%.o: %.cu
+	@mkdir -p $(@D)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/smarttrim: $(APP_OBJ) $(LIB)
+	$(CXX) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+$(BUILD)/unit_tests: $(TEST_OBJ) $(LIB)
+	$(CXX) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+# --- benchmarks: OpenBLAS is a benchmark-only dependency.
+OPENBLAS_INC := $(firstword $(wildcard /usr/include/x86_64-linux-gnu/openblas-pthread /usr/include/openblas))
+$(BUILD)/bench_gemm: bench/bench_gemm.cpp $(LIB)
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS) -I$(OPENBLAS_INC) $< $(LIB) $(LDFLAGS) $(LDLIBS) -lopenblas -o $@
+
+bench: check-deps $(BUILD)/bench_gemm
+	$(BUILD)/bench_gemm --json $(BUILD)/bench_gemm.json
+
+# --- tests: every suite, one summary line.
+test: check-deps all
+	@tests/run_all.sh $(BUILD)
+
+test-asan:
+	$(MAKE) BUILD=build-asan OPT="-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
+	        LDFLAGS="-fopenmp -fsanitize=address,undefined" NVCC= test
+
+# --- dependencies from Debian's archive.
+DEB_PACKAGES := libstb-dev doctest-dev nlohmann-json3-dev python3-torch python3-numpy libopenblas-dev
+deps:
+	@tools/deps.sh $(DEB_PACKAGES)
+
+# Installs only when something the build or the tests need is missing.
+check-deps:
+	@test -f /usr/include/doctest/doctest.h -a -f /usr/include/nlohmann/json.hpp \
+	      -a -f /usr/include/stb/stb_image.h -a -n "$(OPENBLAS_INC)" \
+	   && /usr/bin/python3 -c "import torch, numpy" 2>/dev/null \
+	   || tools/deps.sh $(DEB_PACKAGES)
+
+clean:
+	rm -rf build build-asan
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -1,0 +1,72 @@
+// The smarttrim command line. Subcommands arrive with the model, data and
+// pruning code; today it reports its version and the devices it can use.
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+
+#include "engine/error.h"
+#include "engine/gemm.h"
+#ifdef SMARTTRIM_CUDA
+#include "cuda/runtime.h"
+#endif
+
+namespace {
+
+const char* kVersion = "0.1.0";
+
+void print_usage(FILE* out) {
+  std::fprintf(out,
+               "usage: smarttrim <command> [options]\n"
+               "\n"
+               "commands:\n"
+               "  version    print the version\n"
+               "  devices    list the CPU kernel and the GPUs this build can use\n"
+               "  help       print this message\n");
+}
+
+int devices() {
+  std::printf("cpu: gemm micro-kernel %s\n", st::sgemm_kernel_name());
+#ifdef SMARTTRIM_CUDA
+  int n = st::cuda::device_count();
+  if (n == 0) std::printf("cuda: built with CUDA, but no GPU is available\n");
+  for (int i = 0; i < n; i++) std::printf("cuda:%d %s\n", i, st::cuda::device_name(i).c_str());
+#else
+  std::printf("cuda: this build has no CUDA backend (nvcc was not found at build time)\n");
+#endif
+  return 0;
+}
+
+int run(int argc, char** argv) {
+  if (argc < 2) {
+    print_usage(stderr);
+    return 2;
+  }
+  std::string cmd = argv[1];
+  if (cmd == "help" || cmd == "--help" || cmd == "-h") {
+    print_usage(stdout);
+    return 0;
+  }
+  if (cmd == "version" || cmd == "--version") {
+    std::printf("smarttrim %s\n", kVersion);
+    return 0;
+  }
+  if (cmd == "devices") return devices();
+  std::fprintf(stderr, "smarttrim: unknown command '%s'\n", cmd.c_str());
+  print_usage(stderr);
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const st::Error& e) {
+    std::fprintf(stderr, "smarttrim: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "smarttrim: unexpected error: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,57 @@
+#include "engine/autograd.h"
+
+#include <cstring>
+
+namespace st {
+namespace {
+thread_local bool g_grad_enabled = true;
+thread_local std::vector<Node> g_tape;
+}  // namespace
+
+bool grad_enabled() { return g_grad_enabled; }
+NoGrad::NoGrad() : previous_(g_grad_enabled) { g_grad_enabled = false; }
+NoGrad::~NoGrad() { g_grad_enabled = previous_; }
+
+bool needs_grad(std::initializer_list<const Tensor*> inputs) {
+  if (!g_grad_enabled) return false;
+  for (const Tensor* t : inputs)
+    if (t && t->defined() && t->requires_grad()) return true;
+  return false;
+}
+
+void record(const char* op, Tensor& out, std::function<void(const Tensor&)> backward) {
+  out.impl()->requires_grad = true;
+  out.impl()->is_leaf = false;
+  g_tape.push_back(Node{op, out, std::move(backward)});
+}
+
+Tensor& grad_buffer(const Tensor& t) {
+  Tensor& g = t.impl()->grad;
+  if (!g.defined()) g = Tensor::zeros(t.shape(), DType::F32, t.device());
+  return g;
+}
+
+void backward(const Tensor& root) {
+  if (root.numel() != 1)
+    throw ShapeError("backward: the root must hold one value, got shape " + to_string(root.shape()));
+  if (!root.requires_grad())
+    throw ArgumentError("backward: the root does not depend on any tensor that requires grad");
+  // d root / d root = 1. A leaf root keeps accumulating like any leaf.
+  Tensor& seed = root.impl()->grad;
+  if (seed.defined() && root.device() == Device::CPU) seed.data()[0] += 1.0f;
+  else seed = Tensor::ones(root.shape(), root.device());
+  // Move the tape out first: a failing closure must not leave a half-run graph behind.
+  std::vector<Node> tape = std::move(g_tape);
+  g_tape.clear();
+  for (auto it = tape.rbegin(); it != tape.rend(); ++it) {
+    Tensor grad_out = it->out.impl()->grad;
+    if (!grad_out.defined()) continue;  // not on a path from the root
+    it->backward(grad_out);
+    it->out.impl()->grad = Tensor();  // intermediate grads are not kept
+  }
+}
+
+size_t tape_size() { return g_tape.size(); }
+void clear_tape() { g_tape.clear(); }
+
+}  // namespace st

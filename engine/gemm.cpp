@@ -1,0 +1,631 @@
+// Blocked single-precision GEMM (row-major), BLIS style.
+//
+//   C (M x N) = alpha * op(A) (M x K) * op(B) (K x N) + beta * C
+//
+// The five loops around the micro-kernel, and which cache each block is
+// sized for (numbers for the AVX-512 kernel, see kKernels below):
+//
+//   for jc in N step NC            B panel  op(B)[pc:pc+KC, jc:jc+NC] -> L3
+//     for pc in K step KC            (packed once, shared by all threads)
+//       pack B panel  -> Bp : NC/NR micro-panels, each KC x NR, row by row
+//       for ic in M step MC          A block  op(A)[ic:ic+MC, pc:pc+KC] -> L2
+//         pack A block -> Ap : MC/MR micro-panels, each KC x MR, k-major
+//         for jr in NC step NR       B micro-panel (KC x NR) stays in L1 ...
+//           for ir in MC step MR     ... while A micro-panels stream from L2
+//             micro-kernel: C[ir:ir+MR, jr:jr+NR] += Ap_ir * Bp_jr
+//
+// The micro-kernel keeps the whole MR x NR tile of C in vector registers for
+// the KC-long loop: every step loads one row of the B micro-panel (NR floats
+// = NR/16 zmm loads), broadcasts MR values of A and issues MR*NR/16 FMAs.
+// Packing makes both operands contiguous and aligned whatever the transpose
+// flags and leading dimensions are, so one kernel serves all four cases, and
+// zero-pads the edges so the kernel never reads outside the packed buffers.
+//
+// Threads (OpenMP): all threads pack the shared B panel cooperatively, then
+// each one takes a contiguous share of the rows of C (whole MR tiles), packs
+// its own A blocks into a private buffer and runs the jr/ir loops. When M is
+// too small to share (few MR tiles), threads split the NR micro-panels of the
+// B panel instead; each then packs only the B micro-panels it uses itself.
+#include "engine/gemm.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <utility>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define ST_GEMM_X86 1
+#else
+#define ST_GEMM_X86 0
+#endif
+
+namespace st {
+namespace {
+
+// ---------------------------------------------------------------------------
+// Kernel descriptor: the register tile, the cache blocks, and the functions.
+// ---------------------------------------------------------------------------
+
+// Computes C[0:m, 0:n] = alpha * (Ap * Bp) + beta * C for one tile, where Ap
+// is a packed KC x MR micro-panel and Bp a packed KC x NR micro-panel
+// (m <= MR, n <= NR: edge tiles). beta == 0 must not read C.
+using MicroKernel = void (*)(int kc, const float* a, const float* b, float* c,
+                             int64_t ldc, int m, int n, float alpha, float beta);
+
+// Packs op(A)[0:mc, 0:kc] (A already offset to the block's first element)
+// into ceil(mc/MR) micro-panels of kc x MR, zero-padding the last one.
+using PackA = void (*)(bool trans, const float* A, int64_t lda, int mc, int kc,
+                       float* dst);
+// Packs op(B)[0:kc, 0:nc] into ceil(nc/NR) micro-panels of kc x NR.
+using PackB = void (*)(bool trans, const float* B, int64_t ldb, int kc, int nc,
+                       float* dst);
+
+struct Kernel {
+  const char* name;
+  int MR, NR;  // register tile of C
+  int MC, KC, NC;  // cache blocks (MC multiple of MR, NC multiple of NR)
+  MicroKernel micro;
+  PackA pack_a;
+  PackB pack_b;
+  bool (*supported)();
+};
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// ---------------------------------------------------------------------------
+// Packing (portable C; templated on the tile so the inner loops have
+// compile-time trip counts and vectorise).
+// ---------------------------------------------------------------------------
+
+// Ap micro-panel layout: Ap[k * MR + r] = op(A)(i0 + r, k).
+template <int MR>
+void pack_a_generic(bool trans, const float* A, int64_t lda, int mc, int kc,
+                    float* dst) {
+  for (int i0 = 0; i0 < mc; i0 += MR, dst += int64_t(MR) * kc) {
+    const int m = std::min(MR, mc - i0);
+    if (trans) {
+      // op(A)(i, k) = A[k * lda + i]: row k of the panel is contiguous in A.
+      for (int k = 0; k < kc; ++k) {
+        const float* src = A + int64_t(k) * lda + i0;
+        float* d = dst + int64_t(k) * MR;
+        for (int r = 0; r < m; ++r) d[r] = src[r];
+        for (int r = m; r < MR; ++r) d[r] = 0.0f;
+      }
+    } else {
+      // op(A)(i, k) = A[i * lda + k]: read each of the m rows contiguously,
+      // write it with stride MR (a transpose into the panel).
+      for (int r = 0; r < m; ++r) {
+        const float* src = A + int64_t(i0 + r) * lda;
+        for (int k = 0; k < kc; ++k) dst[int64_t(k) * MR + r] = src[k];
+      }
+      for (int r = m; r < MR; ++r)
+        for (int k = 0; k < kc; ++k) dst[int64_t(k) * MR + r] = 0.0f;
+    }
+  }
+}
+
+// Bp micro-panel layout: Bp[k * NR + j] = op(B)(k, j0 + j).
+template <int NR>
+void pack_b_generic(bool trans, const float* B, int64_t ldb, int kc, int nc,
+                    float* dst) {
+  for (int j0 = 0; j0 < nc; j0 += NR, dst += int64_t(NR) * kc) {
+    const int n = std::min(NR, nc - j0);
+    if (!trans) {
+      // op(B)(k, j) = B[k * ldb + j]: each panel row is a contiguous copy.
+      for (int k = 0; k < kc; ++k) {
+        const float* src = B + int64_t(k) * ldb + j0;
+        float* d = dst + int64_t(k) * NR;
+        if (n == NR) {
+          for (int j = 0; j < NR; ++j) d[j] = src[j];
+        } else {
+          for (int j = 0; j < n; ++j) d[j] = src[j];
+          for (int j = n; j < NR; ++j) d[j] = 0.0f;
+        }
+      }
+    } else {
+      // op(B)(k, j) = B[j * ldb + k]: read rows of B, write with stride NR.
+      for (int j = 0; j < n; ++j) {
+        const float* src = B + int64_t(j0 + j) * ldb;
+        for (int k = 0; k < kc; ++k) dst[int64_t(k) * NR + j] = src[k];
+      }
+      for (int k = 0; k < kc; ++k)
+        for (int j = n; j < NR; ++j) dst[int64_t(k) * NR + j] = 0.0f;
+    }
+  }
+}
+
+// Edge tiles of the non-masking kernels are computed into a local MR x NR
+// buffer and merged here.
+inline void merge_tile(const float* t, int ldt, float* c, int64_t ldc, int m,
+                       int n, float alpha, float beta) {
+  for (int i = 0; i < m; ++i) {
+    float* ci = c + i * ldc;
+    const float* ti = t + i * ldt;
+    if (beta == 0.0f) {
+      for (int j = 0; j < n; ++j) ci[j] = alpha * ti[j];
+    } else {
+      for (int j = 0; j < n; ++j) ci[j] = alpha * ti[j] + beta * ci[j];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Portable micro-kernel: 4 x 8 tile. 32 accumulators fit the 16 SSE
+// registers of baseline x86-64 (8 xmm) with room for B and A; the compiler
+// vectorises the j loop.
+// ---------------------------------------------------------------------------
+constexpr int kGenMR = 4, kGenNR = 8;
+
+void micro_generic(int kc, const float* a, const float* b, float* c,
+                   int64_t ldc, int m, int n, float alpha, float beta) {
+  float acc[kGenMR][kGenNR] = {};
+  for (int k = 0; k < kc; ++k, a += kGenMR, b += kGenNR) {
+    for (int r = 0; r < kGenMR; ++r) {
+      const float ar = a[r];
+      for (int j = 0; j < kGenNR; ++j) acc[r][j] += ar * b[j];
+    }
+  }
+  merge_tile(&acc[0][0], kGenNR, c, ldc, m, n, alpha, beta);
+}
+
+bool always_supported() { return true; }
+
+#if ST_GEMM_X86
+// ---------------------------------------------------------------------------
+// AVX2 + FMA micro-kernel: 6 x 16 tile = 6 x 2 ymm accumulators (12 of the
+// 16 ymm registers), 2 for the B row, 1 for the broadcast A value. 12
+// independent FMA chains cover the 2-pipe x 4-cycle FMA latency.
+// ---------------------------------------------------------------------------
+constexpr int kAvx2MR = 6, kAvx2NR = 16;
+
+template <int ROWS>
+__attribute__((target("avx2,fma"))) void micro_avx2_rows(
+    int kc, const float* a, const float* b, float* c, int64_t ldc, int n,
+    float alpha, float beta) {
+  __m256 acc[ROWS][2];
+#pragma GCC unroll 8
+  for (int r = 0; r < ROWS; ++r) {
+    acc[r][0] = _mm256_setzero_ps();
+    acc[r][1] = _mm256_setzero_ps();
+  }
+#pragma GCC unroll 4
+  for (int k = 0; k < kc; ++k) {
+    const __m256 b0 = _mm256_load_ps(b);
+    const __m256 b1 = _mm256_load_ps(b + 8);
+#pragma GCC unroll 8
+    for (int r = 0; r < ROWS; ++r) {
+      const __m256 ar = _mm256_broadcast_ss(a + r);
+      acc[r][0] = _mm256_fmadd_ps(ar, b0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(ar, b1, acc[r][1]);
+    }
+    a += kAvx2MR;
+    b += kAvx2NR;
+  }
+  const __m256 va = _mm256_set1_ps(alpha);
+  if (n == kAvx2NR) {
+#pragma GCC unroll 8
+    for (int r = 0; r < ROWS; ++r) {
+      float* cr = c + r * ldc;
+      __m256 x0 = _mm256_mul_ps(acc[r][0], va);
+      __m256 x1 = _mm256_mul_ps(acc[r][1], va);
+      if (beta != 0.0f) {
+        const __m256 vb = _mm256_set1_ps(beta);
+        x0 = _mm256_fmadd_ps(_mm256_loadu_ps(cr), vb, x0);
+        x1 = _mm256_fmadd_ps(_mm256_loadu_ps(cr + 8), vb, x1);
+      }
+      _mm256_storeu_ps(cr, x0);
+      _mm256_storeu_ps(cr + 8, x1);
+    }
+  } else {
+    alignas(32) float t[ROWS * kAvx2NR];
+#pragma GCC unroll 8
+    for (int r = 0; r < ROWS; ++r) {
+      _mm256_store_ps(t + r * kAvx2NR, acc[r][0]);
+      _mm256_store_ps(t + r * kAvx2NR + 8, acc[r][1]);
+    }
+    merge_tile(t, kAvx2NR, c, ldc, ROWS, n, alpha, beta);
+  }
+}
+
+template <std::size_t... I>
+constexpr auto make_avx2_table(std::index_sequence<I...>) {
+  using Fn = void (*)(int, const float*, const float*, float*, int64_t, int,
+                      float, float);
+  return std::array<Fn, sizeof...(I)>{{&micro_avx2_rows<int(I) + 1>...}};
+}
+constexpr auto kAvx2Table =
+    make_avx2_table(std::make_index_sequence<kAvx2MR>{});
+
+void micro_avx2(int kc, const float* a, const float* b, float* c, int64_t ldc,
+                int m, int n, float alpha, float beta) {
+  kAvx2Table[m - 1](kc, a, b, c, ldc, n, alpha, beta);
+}
+
+bool avx2_supported() {
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+// ---------------------------------------------------------------------------
+// AVX-512 micro-kernel: 14 x 32 tile = 14 x 2 zmm accumulators (28 of the 32
+// zmm registers) + 2 for the B row; A is broadcast straight from memory into
+// the FMA ({1to16} operand), so no register is needed for it. Per k step:
+// 2 loads of B, 14 broadcasts, 28 FMAs -> with 2 FMA pipes the loop is
+// FMA-bound (14 cycles) and the 28 independent chains hide the FMA latency.
+// Edge tiles: the row count is a template parameter (no wasted rows) and the
+// columns are handled with AVX-512 masks (n <= 16 uses one zmm column).
+// ---------------------------------------------------------------------------
+constexpr int kAvx512MR = 14, kAvx512NR = 32;
+
+template <int ROWS, int NV>
+__attribute__((target("avx512f"))) void micro_avx512_tile(
+    int kc, const float* a, const float* b, float* c, int64_t ldc, int n,
+    float alpha, float beta) {
+  __m512 acc[ROWS][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < ROWS; ++r) {
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+  }
+  // C is touched only after the k loop; start fetching it now.
+#pragma GCC unroll 16
+  for (int r = 0; r < ROWS; ++r) {
+    _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc + 16), _MM_HINT_T0);
+  }
+#pragma GCC unroll 2
+  for (int k = 0; k < kc; ++k) {
+    __m512 bv[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) bv[v] = _mm512_load_ps(b + 16 * v);
+#pragma GCC unroll 16
+    for (int r = 0; r < ROWS; ++r) {
+      const __m512 ar = _mm512_set1_ps(a[r]);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v)
+        acc[r][v] = _mm512_fmadd_ps(ar, bv[v], acc[r][v]);
+    }
+    a += kAvx512MR;
+    b += kAvx512NR;
+  }
+  // Column masks: all 16 lanes for full vectors, the first n % 16 otherwise.
+  __mmask16 mask[NV];
+#pragma GCC unroll 2
+  for (int v = 0; v < NV; ++v) {
+    const int left = n - 16 * v;
+    mask[v] = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1u);
+  }
+  const __m512 va = _mm512_set1_ps(alpha);
+  if (beta == 0.0f) {  // write-only: never read C (it may hold NaN)
+#pragma GCC unroll 16
+    for (int r = 0; r < ROWS; ++r)
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v)
+        _mm512_mask_storeu_ps(c + r * ldc + 16 * v, mask[v],
+                              _mm512_mul_ps(acc[r][v], va));
+  } else {
+    const __m512 vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 16
+    for (int r = 0; r < ROWS; ++r)
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) {
+        float* cp = c + r * ldc + 16 * v;
+        const __m512 old = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask[v], cp), vb);
+        _mm512_mask_storeu_ps(cp, mask[v], _mm512_fmadd_ps(acc[r][v], va, old));
+      }
+  }
+}
+
+using TileFn = void (*)(int, const float*, const float*, float*, int64_t, int,
+                        float, float);
+template <std::size_t... I>
+constexpr auto make_avx512_table(std::index_sequence<I...>) {
+  // [rows - 1][column vectors - 1]
+  return std::array<std::array<TileFn, 2>, sizeof...(I)>{
+      {{{&micro_avx512_tile<int(I) + 1, 1>,
+         &micro_avx512_tile<int(I) + 1, 2>}}...}};
+}
+constexpr auto kAvx512Table =
+    make_avx512_table(std::make_index_sequence<kAvx512MR>{});
+
+void micro_avx512(int kc, const float* a, const float* b, float* c,
+                  int64_t ldc, int m, int n, float alpha, float beta) {
+  kAvx512Table[m - 1][n > 16](kc, a, b, c, ldc, n, alpha, beta);
+}
+
+bool avx512_supported() { return __builtin_cpu_supports("avx512f"); }
+#endif  // ST_GEMM_X86
+
+// Best first. Blocking sizes (floats):
+//   KC x NR B micro-panel should sit in L1 (48 KiB on Zen 4/5, 32 KiB on
+//   Intel) next to one KC x MR A micro-panel;
+//   MC x KC A block should take about half of L2 (1 MiB per core);
+//   KC x NC B panel lives in the shared L3.
+// Measured on the development machine (AMD EPYC, 2 cores), see
+// bench/bench_gemm.cpp.
+// The AVX-512 blocks can be overridden at compile time for tuning
+// (-DST_GEMM_MC=... etc.).
+#ifndef ST_GEMM_MC
+#define ST_GEMM_MC 168
+#endif
+#ifndef ST_GEMM_KC
+#define ST_GEMM_KC 256
+#endif
+#ifndef ST_GEMM_NC
+#define ST_GEMM_NC 3072
+#endif
+const Kernel kKernels[] = {
+#if ST_GEMM_X86
+    {"avx512", kAvx512MR, kAvx512NR, /*MC=*/ST_GEMM_MC, /*KC=*/ST_GEMM_KC, /*NC=*/ST_GEMM_NC,
+     micro_avx512, pack_a_generic<kAvx512MR>, pack_b_generic<kAvx512NR>,
+     avx512_supported},
+    {"avx2", kAvx2MR, kAvx2NR, /*MC=*/144, /*KC=*/256, /*NC=*/3072,
+     micro_avx2, pack_a_generic<kAvx2MR>, pack_b_generic<kAvx2NR>,
+     avx2_supported},
+#endif
+    {"generic", kGenMR, kGenNR, /*MC=*/128, /*KC=*/256, /*NC=*/2048,
+     micro_generic, pack_a_generic<kGenMR>, pack_b_generic<kGenNR>,
+     always_supported},
+};
+
+const Kernel* best_kernel() {
+  for (const Kernel& k : kKernels)
+    if (k.supported()) return &k;
+  return &kKernels[std::size(kKernels) - 1];
+}
+
+// Looks a kernel up by name; nullptr when unknown or not supported here.
+const Kernel* find_kernel(const char* name) {
+  for (const Kernel& k : kKernels)
+    if (std::strcmp(k.name, name) == 0) return k.supported() ? &k : nullptr;
+  return nullptr;
+}
+
+std::atomic<const Kernel*> g_kernel{nullptr};
+
+const Kernel* kernel_from_env() {
+  const char* env = std::getenv("SMARTTRIM_GEMM_KERNEL");
+  if (env == nullptr || *env == '\0' || std::strcmp(env, "auto") == 0)
+    return best_kernel();
+  if (const Kernel* k = find_kernel(env)) return k;
+  const Kernel* best = best_kernel();
+  std::fprintf(stderr,
+               "smarttrim: SMARTTRIM_GEMM_KERNEL=%s is unknown or not "
+               "supported by this CPU; using %s\n",
+               env, best->name);
+  return best;
+}
+
+const Kernel& active_kernel() {
+  const Kernel* k = g_kernel.load(std::memory_order_acquire);
+  if (k == nullptr) {
+    static const Kernel* const from_env = kernel_from_env();  // once
+    const Kernel* expected = nullptr;
+    g_kernel.compare_exchange_strong(expected, from_env);
+    k = g_kernel.load(std::memory_order_acquire);
+  }
+  return *k;
+}
+
+// ---------------------------------------------------------------------------
+// Packing buffers: one A buffer and one B buffer per thread, 64-byte aligned,
+// grown on demand and kept for the next call (no allocation in steady state).
+// The B buffer of the thread that calls sgemm is the shared panel of its
+// parallel region; each worker packs A into its own.
+// ---------------------------------------------------------------------------
+class AlignedBuffer {
+ public:
+  AlignedBuffer() = default;
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  ~AlignedBuffer() { std::free(data_); }
+
+  float* get(std::size_t n) {
+    if (n > capacity_) {
+      std::free(data_);
+      const std::size_t bytes = std::size_t(round_up(int64_t(n * sizeof(float)), 64));
+      data_ = static_cast<float*>(std::aligned_alloc(64, bytes));
+      if (data_ == nullptr) {
+        capacity_ = 0;
+        throw std::bad_alloc();
+      }
+      capacity_ = n;
+    }
+    return data_;
+  }
+
+ private:
+  float* data_ = nullptr;
+  std::size_t capacity_ = 0;
+};
+
+thread_local AlignedBuffer tls_pack_a;
+thread_local AlignedBuffer tls_pack_b;
+
+// ---------------------------------------------------------------------------
+// The blocked algorithm.
+// ---------------------------------------------------------------------------
+struct Problem {
+  bool ta, tb;
+  int M, N, K;
+  float alpha;
+  const float* A;
+  int64_t lda;
+  const float* B;
+  int64_t ldb;
+  float beta;
+  float* C;
+  int64_t ldc;
+
+  // Address of op(A)(i, k) / op(B)(k, j).
+  const float* a_at(int i, int k) const {
+    return ta ? A + int64_t(k) * lda + i : A + int64_t(i) * lda + k;
+  }
+  const float* b_at(int k, int j) const {
+    return tb ? B + int64_t(j) * ldb + k : B + int64_t(k) * ldb + j;
+  }
+};
+
+// C = beta * C (K == 0 or alpha == 0: nothing to multiply).
+void scale_c(const Problem& p) {
+  if (p.beta == 1.0f) return;
+  for (int i = 0; i < p.M; ++i) {
+    float* c = p.C + i * p.ldc;
+    if (p.beta == 0.0f)
+      std::fill(c, c + p.N, 0.0f);
+    else
+      for (int j = 0; j < p.N; ++j) c[j] *= p.beta;
+  }
+}
+
+inline void barrier(int nth) {
+  // Guarded: an orphaned barrier with one thread would bind to an enclosing
+  // parallel region (e.g. sgemm_batched's) and deadlock it.
+  if (nth > 1) {
+#pragma omp barrier
+  }
+}
+
+// Body run by each of the nth threads (tid = 0..nth-1). split_m: threads
+// share the rows of C (and the whole packed B panel); otherwise they share
+// the NR micro-panels of each B panel and do all rows.
+void gemm_thread(const Kernel& kr, const Problem& p, float* bpack, int tid,
+                 int nth, bool split_m) {
+  const int MR = kr.MR, NR = kr.NR;
+  float* apack = tls_pack_a.get(
+      std::size_t(round_up(std::min(kr.MC, p.M), MR)) * kr.KC);
+
+  // K is cut into equal blocks of at most KC (K = 768 with KC = 512 gives
+  // 2 x 384, not 512 + 256): a short last block would pay the full cost of
+  // reading and writing C for little work.
+  const int k_blocks = (p.K + kr.KC - 1) / kr.KC;
+  const int kc_block = int(round_up((p.K + k_blocks - 1) / k_blocks, 8));
+
+  // This thread's rows [i_begin, i_end), in whole MR tiles.
+  const int m_tiles = (p.M + MR - 1) / MR;
+  const int i_begin = split_m ? int(int64_t(tid) * m_tiles / nth) * MR : 0;
+  const int i_end =
+      split_m ? std::min(p.M, int(int64_t(tid + 1) * m_tiles / nth) * MR) : p.M;
+
+  for (int jc = 0; jc < p.N; jc += kr.NC) {
+    const int nc = std::min(kr.NC, p.N - jc);
+    const int n_panels = (nc + NR - 1) / NR;
+    // Micro-panels this thread packs (and, when !split_m, also computes).
+    const int q0 = int(int64_t(tid) * n_panels / nth);
+    const int q1 = int(int64_t(tid + 1) * n_panels / nth);
+
+    for (int pc = 0; pc < p.K; pc += kc_block) {
+      const int kc = std::min(kc_block, p.K - pc);
+      // Only the first K block applies the caller's beta; the later ones
+      // accumulate onto it.
+      const float beta = pc == 0 ? p.beta : 1.0f;
+
+      if (q1 > q0)
+        kr.pack_b(p.tb, p.b_at(pc, jc + q0 * NR), p.ldb, kc,
+                  std::min(nc, q1 * NR) - q0 * NR,
+                  bpack + int64_t(q0) * NR * kc);
+      if (split_m) barrier(nth);  // the whole panel is needed by everyone
+
+      const int jp0 = split_m ? 0 : q0, jp1 = split_m ? n_panels : q1;
+      if (jp1 > jp0) {
+        for (int ic = i_begin; ic < i_end; ic += kr.MC) {
+          const int mc = std::min(kr.MC, i_end - ic);
+          kr.pack_a(p.ta, p.a_at(ic, pc), p.lda, mc, kc, apack);
+          for (int jp = jp0; jp < jp1; ++jp) {
+            const int j = jp * NR;
+            const int n = std::min(NR, nc - j);
+            const float* bp = bpack + int64_t(jp) * NR * kc;
+            float* c = p.C + int64_t(ic) * p.ldc + jc + j;
+            for (int ir = 0; ir < mc; ir += MR)
+              kr.micro(kc, apack + int64_t(ir) * kc, bp, c + ir * p.ldc,
+                       p.ldc, std::min(MR, mc - ir), n, p.alpha, beta);
+          }
+        }
+      }
+      if (split_m) barrier(nth);  // before the panel is overwritten
+    }
+  }
+}
+
+// Below this many flops a second thread costs more (wake-up, barriers, a
+// second A packing) than it saves.
+constexpr double kParallelMinFlops = 4.0e6;
+
+int threads_for(double flops) {
+  if (omp_in_parallel()) return 1;
+  const int nth = omp_get_max_threads();
+  if (nth <= 1 || flops < kParallelMinFlops) return 1;
+  return nth;
+}
+
+void gemm_run(const Problem& p, int nth) {
+  if (p.M <= 0 || p.N <= 0) return;
+  if (p.K <= 0 || p.alpha == 0.0f) {
+    scale_c(p);
+    return;
+  }
+  const Kernel& kr = active_kernel();
+  float* bpack = tls_pack_b.get(std::size_t(kr.KC) *
+                                round_up(std::min(kr.NC, p.N), kr.NR));
+  if (nth <= 1) {
+    gemm_thread(kr, p, bpack, 0, 1, true);
+    return;
+  }
+  // Split rows unless there are too few MR tiles to go round.
+  const int m_tiles = (p.M + kr.MR - 1) / kr.MR;
+  const int n_tiles = (std::min(p.N, kr.NC) + kr.NR - 1) / kr.NR;
+  const bool split_m = m_tiles >= 4 * nth || m_tiles >= n_tiles;
+#pragma omp parallel num_threads(nth)
+  gemm_thread(kr, p, bpack, omp_get_thread_num(), omp_get_num_threads(),
+              split_m);
+}
+
+}  // namespace
+
+void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+           const float* A, int lda, const float* B, int ldb, float beta,
+           float* C, int ldc) {
+  const Problem p{trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb,
+                  beta, C, ldc};
+  gemm_run(p, threads_for(2.0 * M * N * K));
+}
+
+void sgemm_batched(bool trans_a, bool trans_b, int M, int N, int K,
+                   float alpha, const float* A, int lda, int64_t stride_a,
+                   const float* B, int ldb, int64_t stride_b, float beta,
+                   float* C, int ldc, int64_t stride_c, int batch) {
+  if (batch <= 0 || M <= 0 || N <= 0) return;
+  auto entry = [&](int i) {
+    return Problem{trans_a, trans_b, M, N, K, alpha, A + i * stride_a, lda,
+                   B + i * stride_b, ldb, beta, C + i * stride_c, ldc};
+  };
+  const double flops = 2.0 * M * N * K;
+  const int nth = threads_for(flops * batch);
+  if (nth > 1 && batch >= nth) {
+    // One whole product per thread at a time: no barriers, no sharing.
+#pragma omp parallel for num_threads(nth) schedule(static)
+    for (int i = 0; i < batch; ++i) gemm_run(entry(i), 1);
+  } else {
+    for (int i = 0; i < batch; ++i) gemm_run(entry(i), threads_for(flops));
+  }
+}
+
+const char* sgemm_kernel_name() { return active_kernel().name; }
+
+bool sgemm_force_kernel(const char* name) {
+  if (name == nullptr || std::strcmp(name, "auto") == 0) {
+    g_kernel.store(best_kernel(), std::memory_order_release);
+    return true;
+  }
+  const Kernel* k = find_kernel(name);
+  g_kernel.store(k != nullptr ? k : best_kernel(), std::memory_order_release);
+  return k != nullptr;
+}
+
+}  // namespace st

@@ -1,0 +1,43 @@
+// Single-precision matrix multiply on the CPU, row-major.
+//
+//   C = alpha * op(A) * op(B) + beta * C
+//
+// op(A) is (M, K): A itself (M, K) when trans_a is false, or A^T when A is
+// stored (K, M). op(B) is (K, N) likewise. lda/ldb/ldc are row strides in
+// elements. beta == 0 means C is write-only (its old contents, even NaN,
+// are ignored).
+//
+// The implementation is a blocked GEMM in the BLIS style: panels of A and B
+// are packed into contiguous buffers and a register-tiled micro-kernel
+// (AVX-512, AVX2+FMA, or portable C, chosen at run time) computes each tile.
+// OpenMP threads split the work; the packing buffers are reused per thread,
+// so a call does not allocate after the first one at a given size.
+#pragma once
+#include <cstdint>
+
+namespace st {
+
+void sgemm(bool trans_a, bool trans_b, int M, int N, int K,
+           float alpha, const float* A, int lda, const float* B, int ldb,
+           float beta, float* C, int ldc);
+
+// `batch` independent products; matrix i starts at A + i*stride_a etc.
+// A stride of 0 reuses one matrix for every batch entry (a shared weight).
+void sgemm_batched(bool trans_a, bool trans_b, int M, int N, int K,
+                   float alpha, const float* A, int lda, int64_t stride_a,
+                   const float* B, int ldb, int64_t stride_b,
+                   float beta, float* C, int ldc, int64_t stride_c,
+                   int batch);
+
+// Name of the micro-kernel the dispatcher picked ("avx512", "avx2", "generic").
+const char* sgemm_kernel_name();
+
+// Testing / benchmarking hook: selects the micro-kernel by name ("avx512",
+// "avx2", "generic"; "auto" or nullptr restores the best one the CPU runs).
+// Returns false, and leaves the best supported kernel active, when the name
+// is unknown or the CPU lacks the instructions. The environment variable
+// SMARTTRIM_GEMM_KERNEL does the same once, at the first call. Not meant to
+// be called while another thread is inside sgemm.
+bool sgemm_force_kernel(const char* name);
+
+}  // namespace st

@@ -1,0 +1,265 @@
+// Element-wise ops: broadcasting binary arithmetic, scalar affine maps, and
+// the activations. Forward and backward kernels side by side, then the ops.
+#include <cmath>
+
+#include "engine/ops/common.h"
+
+namespace st {
+namespace cpu {
+
+int64_t Broadcast::numel() const {
+  int64_t n = 1;
+  for (int i = 0; i < rank; i++) n *= size[i];
+  return n;
+}
+
+// Offsets of a and b for the outer index `o` (all dims but the last).
+static inline void outer_offsets(const Broadcast& g, int64_t o, int64_t& off_a, int64_t& off_b) {
+  off_a = 0, off_b = 0;
+  for (int i = g.rank - 2; i >= 0; i--) {
+    int64_t idx = o % g.size[i];
+    o /= g.size[i];
+    off_a += idx * g.stride_a[i];
+    off_b += idx * g.stride_b[i];
+  }
+}
+
+static inline float apply(Binary op, float a, float b) {
+  switch (op) {
+    case Binary::Add: return a + b;
+    case Binary::Sub: return a - b;
+    case Binary::Mul: return a * b;
+    case Binary::Div: return a / b;
+  }
+  return 0.0f;
+}
+
+void binary_forward(Binary op, float* out, const float* a, const float* b, const Broadcast& g) {
+  int64_t inner = g.rank ? g.size[g.rank - 1] : 1;
+  int64_t sa = g.rank ? g.stride_a[g.rank - 1] : 0, sb = g.rank ? g.stride_b[g.rank - 1] : 0;
+  int64_t outer = g.numel() / (inner ? inner : 1);
+#pragma omp parallel for schedule(static) if (g.numel() > (1 << 15))
+  for (int64_t o = 0; o < outer; o++) {
+    int64_t off_a, off_b;
+    outer_offsets(g, o, off_a, off_b);
+    float* y = out + o * inner;
+    const float* pa = a + off_a;
+    const float* pb = b + off_b;
+    for (int64_t i = 0; i < inner; i++) y[i] = apply(op, pa[i * sa], pb[i * sb]);
+  }
+}
+
+// d(a op b)/da and /db times the upstream gradient.
+static inline void partials(Binary op, float a, float b, float g, float& ga, float& gb) {
+  switch (op) {
+    case Binary::Add: ga = g, gb = g; break;
+    case Binary::Sub: ga = g, gb = -g; break;
+    case Binary::Mul: ga = g * b, gb = g * a; break;
+    case Binary::Div: ga = g / b, gb = -g * a / (b * b); break;
+  }
+}
+
+void binary_backward(Binary op, float* da, float* db, const float* dout, const float* a, const float* b,
+                     const Broadcast& g) {
+  int64_t inner = g.rank ? g.size[g.rank - 1] : 1;
+  int64_t sa = g.rank ? g.stride_a[g.rank - 1] : 0, sb = g.rank ? g.stride_b[g.rank - 1] : 0;
+  int64_t outer = g.numel() / (inner ? inner : 1);
+  // A broadcast operand receives sums from many output elements; those
+  // writes would race, so such passes run on one thread.
+  bool a_full = true, b_full = true;
+  for (int i = 0; i < g.rank; i++) {
+    if (g.stride_a[i] == 0 && g.size[i] > 1) a_full = false;
+    if (g.stride_b[i] == 0 && g.size[i] > 1) b_full = false;
+  }
+  bool parallel = (!da || a_full) && (!db || b_full) && g.numel() > (1 << 15);
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t o = 0; o < outer; o++) {
+    int64_t off_a, off_b;
+    outer_offsets(g, o, off_a, off_b);
+    const float* gy = dout + o * inner;
+    for (int64_t i = 0; i < inner; i++) {
+      float ga = 0.0f, gb = 0.0f;
+      partials(op, a[off_a + i * sa], b[off_b + i * sb], gy[i], ga, gb);
+      if (da) da[off_a + i * sa] += ga;
+      if (db) db[off_b + i * sb] += gb;
+    }
+  }
+}
+
+void scale_shift_forward(float* out, const float* x, float scale, float shift, int64_t n) {
+#pragma omp parallel for simd schedule(static) if (n > (1 << 16))
+  for (int64_t i = 0; i < n; i++) out[i] = scale * x[i] + shift;
+}
+
+void scale_backward(float* dx, const float* dout, float scale, int64_t n) {
+#pragma omp parallel for simd schedule(static) if (n > (1 << 16))
+  for (int64_t i = 0; i < n; i++) dx[i] += scale * dout[i];
+}
+
+static constexpr float kInvSqrt2 = 0.70710678118654752f;
+static constexpr float kInvSqrt2Pi = 0.39894228040143268f;
+
+static inline float sigmoidf(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+static inline float unary(Unary op, float x) {
+  switch (op) {
+    case Unary::Exp: return std::exp(x);
+    case Unary::Log: return std::log(x);
+    case Unary::Tanh: return std::tanh(x);
+    case Unary::Sigmoid: return sigmoidf(x);
+    case Unary::Gelu: return 0.5f * x * (1.0f + std::erf(x * kInvSqrt2));
+    case Unary::QuickGelu: return x * sigmoidf(1.702f * x);
+    case Unary::Silu: return x * sigmoidf(x);
+    case Unary::Relu: return x > 0.0f ? x : 0.0f;
+  }
+  return 0.0f;
+}
+
+// dy/dx, given x and y = f(x) (whichever is cheaper to use).
+static inline float unary_derivative(Unary op, float x, float y) {
+  switch (op) {
+    case Unary::Exp: return y;
+    case Unary::Log: return 1.0f / x;
+    case Unary::Tanh: return 1.0f - y * y;
+    case Unary::Sigmoid: return y * (1.0f - y);
+    case Unary::Gelu: return 0.5f * (1.0f + std::erf(x * kInvSqrt2)) + x * kInvSqrt2Pi * std::exp(-0.5f * x * x);
+    case Unary::QuickGelu: {
+      float s = sigmoidf(1.702f * x);
+      return s + 1.702f * x * s * (1.0f - s);
+    }
+    case Unary::Silu: {
+      float s = sigmoidf(x);
+      return s + x * s * (1.0f - s);
+    }
+    case Unary::Relu: return x > 0.0f ? 1.0f : 0.0f;
+  }
+  return 0.0f;
+}
+
+void unary_forward(Unary op, float* out, const float* x, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > (1 << 14))
+  for (int64_t i = 0; i < n; i++) out[i] = unary(op, x[i]);
+}
+
+void unary_backward(Unary op, float* dx, const float* dout, const float* x, const float* out, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > (1 << 14))
+  for (int64_t i = 0; i < n; i++) dx[i] += dout[i] * unary_derivative(op, x[i], out[i]);
+}
+
+}  // namespace cpu
+
+// --- ops ----------------------------------------------------------------------
+
+// The broadcast geometry of a and b, NumPy rules, with the result shape.
+static cpu::Broadcast broadcast_plan(const char* op, const Shape& sa, const Shape& sb, Shape& out_shape) {
+  size_t rank = std::max(sa.size(), sb.size());
+  out_shape.assign(rank, 1);
+  std::vector<int64_t> da(rank, 1), db(rank, 1);
+  for (size_t i = 0; i < sa.size(); i++) da[rank - sa.size() + i] = sa[i];
+  for (size_t i = 0; i < sb.size(); i++) db[rank - sb.size() + i] = sb[i];
+  for (size_t i = 0; i < rank; i++) {
+    if (da[i] != db[i] && da[i] != 1 && db[i] != 1)
+      shape_error(op, "shapes " + to_string(sa) + " and " + to_string(sb) + " do not broadcast");
+    out_shape[i] = da[i] == 1 ? db[i] : da[i];
+  }
+  // Contiguous strides, 0 along broadcast dims; then drop size-1 dims and
+  // merge neighbours that are contiguous in both operands.
+  std::vector<int64_t> st_a(rank), st_b(rank);
+  int64_t ra = 1, rb = 1;
+  for (size_t i = rank; i-- > 0;) {
+    st_a[i] = da[i] == 1 ? 0 : ra;
+    st_b[i] = db[i] == 1 ? 0 : rb;
+    ra *= da[i], rb *= db[i];
+  }
+  cpu::Broadcast g;
+  for (size_t i = 0; i < rank; i++) {
+    if (out_shape[i] == 1) continue;
+    if (g.rank > 0 && g.stride_a[g.rank - 1] == st_a[i] * out_shape[i] &&
+        g.stride_b[g.rank - 1] == st_b[i] * out_shape[i]) {
+      g.size[g.rank - 1] *= out_shape[i];
+      g.stride_a[g.rank - 1] = st_a[i];
+      g.stride_b[g.rank - 1] = st_b[i];
+      continue;
+    }
+    if (g.rank == cpu::Broadcast::kMaxRank) shape_error(op, "too many broadcast dimensions");
+    g.size[g.rank] = out_shape[i];
+    g.stride_a[g.rank] = st_a[i];
+    g.stride_b[g.rank] = st_b[i];
+    g.rank++;
+  }
+  return g;
+}
+
+static Tensor binary_op(const char* op_name, cpu::Binary op, const Tensor& a, const Tensor& b) {
+  Device dev = common_device(op_name, {&a, &b});
+  require_f32(op_name, a, "a");
+  require_f32(op_name, b, "b");
+  Shape out_shape;
+  cpu::Broadcast g = broadcast_plan(op_name, a.shape(), b.shape(), out_shape);
+  Tensor out = Tensor::empty(out_shape, DType::F32, dev);
+  ST_KERNEL(dev, binary_forward)(op, out.data(), a.data(), b.data(), g);
+  if (needs_grad({&a, &b})) {
+    record(op_name, out, [op, a, b, g, dev](const Tensor& dout) {
+      float* da = a.requires_grad() ? grad_buffer(a).data() : nullptr;
+      float* db = b.requires_grad() ? grad_buffer(b).data() : nullptr;
+      ST_KERNEL(dev, binary_backward)(op, da, db, dout.data(), a.data(), b.data(), g);
+    });
+  }
+  return out;
+}
+
+Tensor add(const Tensor& a, const Tensor& b) { return binary_op("add", cpu::Binary::Add, a, b); }
+Tensor sub(const Tensor& a, const Tensor& b) { return binary_op("sub", cpu::Binary::Sub, a, b); }
+Tensor mul(const Tensor& a, const Tensor& b) { return binary_op("mul", cpu::Binary::Mul, a, b); }
+Tensor div(const Tensor& a, const Tensor& b) { return binary_op("div", cpu::Binary::Div, a, b); }
+
+// out = scale * x + shift
+static Tensor affine(const char* op_name, const Tensor& x, float scale, float shift) {
+  Device dev = common_device(op_name, {&x});
+  require_f32(op_name, x, "x");
+  Tensor out = Tensor::empty(x.shape(), DType::F32, dev);
+  ST_KERNEL(dev, scale_shift_forward)(out.data(), x.data(), scale, shift, x.numel());
+  if (needs_grad({&x})) {
+    record(op_name, out, [x, scale, dev](const Tensor& dout) {
+      ST_KERNEL(dev, scale_backward)(grad_buffer(x).data(), dout.data(), scale, x.numel());
+    });
+  }
+  return out;
+}
+
+Tensor add_scalar(const Tensor& x, float s) { return affine("add_scalar", x, 1.0f, s); }
+Tensor mul_scalar(const Tensor& x, float s) { return affine("mul_scalar", x, s, 0.0f); }
+
+Tensor operator+(const Tensor& a, const Tensor& b) { return add(a, b); }
+Tensor operator-(const Tensor& a, const Tensor& b) { return sub(a, b); }
+Tensor operator*(const Tensor& a, const Tensor& b) { return mul(a, b); }
+Tensor operator/(const Tensor& a, const Tensor& b) { return div(a, b); }
+Tensor operator+(const Tensor& x, float s) { return add_scalar(x, s); }
+Tensor operator-(const Tensor& x, float s) { return add_scalar(x, -s); }
+Tensor operator*(const Tensor& x, float s) { return mul_scalar(x, s); }
+Tensor operator*(float s, const Tensor& x) { return mul_scalar(x, s); }
+Tensor operator-(const Tensor& x) { return mul_scalar(x, -1.0f); }
+
+static Tensor unary_op(const char* op_name, cpu::Unary op, const Tensor& x) {
+  Device dev = common_device(op_name, {&x});
+  require_f32(op_name, x, "x");
+  Tensor out = Tensor::empty(x.shape(), DType::F32, dev);
+  ST_KERNEL(dev, unary_forward)(op, out.data(), x.data(), x.numel());
+  if (needs_grad({&x})) {
+    record(op_name, out, [op, x, out, dev](const Tensor& dout) {
+      ST_KERNEL(dev, unary_backward)(op, grad_buffer(x).data(), dout.data(), x.data(), out.data(), x.numel());
+    });
+  }
+  return out;
+}
+
+Tensor exp(const Tensor& x) { return unary_op("exp", cpu::Unary::Exp, x); }
+Tensor log(const Tensor& x) { return unary_op("log", cpu::Unary::Log, x); }
+Tensor tanh(const Tensor& x) { return unary_op("tanh", cpu::Unary::Tanh, x); }
+Tensor sigmoid(const Tensor& x) { return unary_op("sigmoid", cpu::Unary::Sigmoid, x); }
+Tensor gelu(const Tensor& x) { return unary_op("gelu", cpu::Unary::Gelu, x); }
+Tensor quick_gelu(const Tensor& x) { return unary_op("quick_gelu", cpu::Unary::QuickGelu, x); }
+Tensor silu(const Tensor& x) { return unary_op("silu", cpu::Unary::Silu, x); }
+Tensor relu(const Tensor& x) { return unary_op("relu", cpu::Unary::Relu, x); }
+
+}  // namespace st

@@ -1,0 +1,101 @@
+// LayerNorm over the last dimension: y = (x - mean) / sqrt(var + eps) * w + b.
+#include <cmath>
+
+#include "engine/ops/common.h"
+
+namespace st {
+namespace cpu {
+
+void layernorm_forward(float* out, float* mean, float* rstd, const float* x, const float* weight,
+                       const float* bias, int64_t rows, int n, float eps) {
+#pragma omp parallel for schedule(static) if (rows * n > (1 << 14))
+  for (int64_t r = 0; r < rows; r++) {
+    const float* xr = x + r * n;
+    float m = 0.0f;
+    for (int i = 0; i < n; i++) m += xr[i];
+    m /= float(n);
+    float v = 0.0f;  // two passes: the one-pass formula cancels badly when |mean| >> std
+    for (int i = 0; i < n; i++) v += (xr[i] - m) * (xr[i] - m);
+    v /= float(n);
+    float s = 1.0f / std::sqrt(v + eps);
+    float* yr = out + r * n;
+    for (int i = 0; i < n; i++) yr[i] = (xr[i] - m) * s * weight[i] + bias[i];
+    mean[r] = m;
+    rstd[r] = s;
+  }
+}
+
+// With xhat = (x - mean) * rstd and dxhat = dy * w:
+//   dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+//   dw += sum_rows dy * xhat,  db += sum_rows dy
+void layernorm_backward(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
+                        const float* weight, const float* mean, const float* rstd, int64_t rows, int n) {
+  bool parallel = rows * n > (1 << 14);
+  if (dx) {
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t r = 0; r < rows; r++) {
+      const float* g = dout + r * n;
+      const float* xr = x + r * n;
+      float mu = mean[r], s = rstd[r];
+      float mean_dxhat = 0.0f, mean_dxhat_xhat = 0.0f;
+      for (int i = 0; i < n; i++) {
+        float dxhat = g[i] * weight[i];
+        mean_dxhat += dxhat;
+        mean_dxhat_xhat += dxhat * (xr[i] - mu) * s;
+      }
+      mean_dxhat /= float(n);
+      mean_dxhat_xhat /= float(n);
+      for (int i = 0; i < n; i++) {
+        float xhat = (xr[i] - mu) * s;
+        dx[r * n + i] += s * (g[i] * weight[i] - mean_dxhat - xhat * mean_dxhat_xhat);
+      }
+    }
+  }
+  if (dweight || dbias) {
+    // Each thread owns a slice of the columns, so the sums over rows do not race.
+#pragma omp parallel if (parallel)
+    {
+      int threads = omp_get_num_threads(), t = omp_get_thread_num();
+      int lo = int(int64_t(n) * t / threads), hi = int(int64_t(n) * (t + 1) / threads);
+      for (int64_t r = 0; r < rows; r++) {
+        const float* g = dout + r * n;
+        const float* xr = x + r * n;
+        for (int i = lo; i < hi; i++) {
+          if (dweight) dweight[i] += g[i] * (xr[i] - mean[r]) * rstd[r];
+          if (dbias) dbias[i] += g[i];
+        }
+      }
+    }
+  }
+}
+
+}  // namespace cpu
+
+Tensor layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps) {
+  const char* op = "layernorm";
+  Device dev = common_device(op, {&x, &weight, &bias});
+  require_f32(op, x, "x");
+  if (x.rank() == 0 || weight.shape() != Shape{x.dim(-1)} || bias.shape() != Shape{x.dim(-1)})
+    shape_error(op, "x " + to_string(x.shape()) + " needs weight and bias of shape (" +
+                        (x.rank() ? std::to_string(x.dim(-1)) : "?") + "), got " + to_string(weight.shape()) +
+                        " and " + to_string(bias.shape()));
+  if (!(eps > 0.0f)) throw ArgumentError("layernorm: eps must be positive, got " + std::to_string(eps));
+  int64_t rows = rows_of(x);
+  int n = int(x.dim(-1));
+  Tensor out = Tensor::empty(x.shape(), DType::F32, dev);
+  Tensor mean = Tensor::empty({rows}, DType::F32, dev), rstd = Tensor::empty({rows}, DType::F32, dev);
+  ST_KERNEL(dev, layernorm_forward)(out.data(), mean.data(), rstd.data(), x.data(), weight.data(), bias.data(),
+                                    rows, n, eps);
+  if (needs_grad({&x, &weight, &bias})) {
+    record(op, out, [x, weight, bias, mean, rstd, rows, n, dev](const Tensor& dout) {
+      float* dx = x.requires_grad() ? grad_buffer(x).data() : nullptr;
+      float* dw = weight.requires_grad() ? grad_buffer(weight).data() : nullptr;
+      float* db = bias.requires_grad() ? grad_buffer(bias).data() : nullptr;
+      ST_KERNEL(dev, layernorm_backward)(dx, dw, db, dout.data(), x.data(), weight.data(), mean.data(),
+                                         rstd.data(), rows, n);
+    });
+  }
+  return out;
+}
+
+}  // namespace st

@@ -1,0 +1,162 @@
+// Softmax, log-softmax and the multiplicative masked softmax over the last
+// dimension. Rows are independent, so every kernel runs rows in parallel.
+#include <cmath>
+#include <limits>
+
+#include "engine/ops/common.h"
+
+namespace st {
+namespace cpu {
+
+void softmax_forward(float* out, const float* x, int64_t rows, int64_t n) {
+#pragma omp parallel for schedule(static) if (rows * n > (1 << 14))
+  for (int64_t r = 0; r < rows; r++) {
+    const float* xr = x + r * n;
+    float* yr = out + r * n;
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t i = 0; i < n; i++) m = std::max(m, xr[i]);
+    float s = 0.0f;
+    for (int64_t i = 0; i < n; i++) s += (yr[i] = std::exp(xr[i] - m));
+    float inv = 1.0f / s;
+    for (int64_t i = 0; i < n; i++) yr[i] *= inv;
+  }
+}
+
+// dx = y * (g - sum_j g_j y_j)
+void softmax_backward(float* dx, const float* dout, const float* out, int64_t rows, int64_t n) {
+#pragma omp parallel for schedule(static) if (rows * n > (1 << 14))
+  for (int64_t r = 0; r < rows; r++) {
+    const float* g = dout + r * n;
+    const float* y = out + r * n;
+    float dot = 0.0f;
+    for (int64_t i = 0; i < n; i++) dot += g[i] * y[i];
+    for (int64_t i = 0; i < n; i++) dx[r * n + i] += y[i] * (g[i] - dot);
+  }
+}
+
+void log_softmax_forward(float* out, const float* x, int64_t rows, int64_t n) {
+#pragma omp parallel for schedule(static) if (rows * n > (1 << 14))
+  for (int64_t r = 0; r < rows; r++) {
+    const float* xr = x + r * n;
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t i = 0; i < n; i++) m = std::max(m, xr[i]);
+    float s = 0.0f;
+    for (int64_t i = 0; i < n; i++) s += std::exp(xr[i] - m);
+    float lse = m + std::log(s);
+    for (int64_t i = 0; i < n; i++) out[r * n + i] = xr[i] - lse;
+  }
+}
+
+// dx = g - softmax * sum_j g_j, with softmax = exp(out)
+void log_softmax_backward(float* dx, const float* dout, const float* out, int64_t rows, int64_t n) {
+#pragma omp parallel for schedule(static) if (rows * n > (1 << 14))
+  for (int64_t r = 0; r < rows; r++) {
+    const float* g = dout + r * n;
+    float gs = 0.0f;
+    for (int64_t i = 0; i < n; i++) gs += g[i];
+    for (int64_t i = 0; i < n; i++) dx[r * n + i] += g[i] - std::exp(out[r * n + i]) * gs;
+  }
+}
+
+// Row statistics of the masked softmax: m = max over kept keys (M_j != 0),
+// S = sum_k M_k exp(a_k - m). S == 0 means no key is kept.
+static inline void masked_row_stats(const float* a, const float* M, int Nk, float& m, float& S) {
+  m = -std::numeric_limits<float>::infinity();
+  for (int j = 0; j < Nk; j++)
+    if (M[j] != 0.0f) m = std::max(m, a[j]);
+  S = 0.0f;
+  if (m == -std::numeric_limits<float>::infinity()) return;
+  for (int j = 0; j < Nk; j++)
+    if (M[j] != 0.0f) S += M[j] * std::exp(a[j] - m);
+}
+
+// A_ij = M_j exp(a_ij - m_i) / S_i
+void masked_softmax_forward(float* out, const float* scores, const float* mask, int B, int64_t R, int Nk) {
+#pragma omp parallel for schedule(static) if (int64_t(B) * R * Nk > (1 << 14))
+  for (int64_t row = 0; row < int64_t(B) * R; row++) {
+    const float* a = scores + row * Nk;
+    const float* M = mask + (row / R) * Nk;
+    float* A = out + row * Nk;
+    float m, S;
+    masked_row_stats(a, M, Nk, m, S);
+    float inv = S > 0.0f ? 1.0f / S : 0.0f;
+    for (int j = 0; j < Nk; j++) A[j] = M[j] != 0.0f ? M[j] * std::exp(a[j] - m) * inv : 0.0f;
+  }
+}
+
+// With dot_i = sum_l g_il A_il:
+//   da_ij += A_ij (g_ij - dot_i)
+//   dM_j  += sum_i exp(a_ij - m_i) / S_i * (g_ij - dot_i)
+// The mask term runs over every key, kept or not: it is how the task loss
+// tells a dropped token that it would have been useful.
+void masked_softmax_backward(float* dscores, float* dmask, const float* dout, const float* out,
+                             const float* scores, const float* mask, int B, int64_t R, int Nk) {
+  // One thread per example: all R rows of example b add into the same dM[b].
+#pragma omp parallel for schedule(static) if (int64_t(B) * R * Nk > (1 << 14))
+  for (int b = 0; b < B; b++) {
+    const float* M = mask + int64_t(b) * Nk;
+    for (int64_t r = 0; r < R; r++) {
+      int64_t row = int64_t(b) * R + r;
+      const float* g = dout + row * Nk;
+      const float* A = out + row * Nk;
+      float dot = 0.0f;
+      for (int j = 0; j < Nk; j++) dot += g[j] * A[j];
+      if (dscores)
+        for (int j = 0; j < Nk; j++) dscores[row * Nk + j] += A[j] * (g[j] - dot);
+      if (dmask) {
+        float m, S;
+        masked_row_stats(scores + row * Nk, M, Nk, m, S);
+        if (S == 0.0f) continue;
+        float inv = 1.0f / S;
+        for (int j = 0; j < Nk; j++)
+          dmask[int64_t(b) * Nk + j] += std::exp(scores[row * Nk + j] - m) * inv * (g[j] - dot);
+      }
+    }
+  }
+}
+
+}  // namespace cpu
+
+static Tensor row_softmax(const char* op, bool log_space, const Tensor& x) {
+  Device dev = common_device(op, {&x});
+  require_f32(op, x, "x");
+  if (x.rank() == 0 || x.dim(-1) == 0) shape_error(op, "needs a non-empty last dimension, got " + to_string(x.shape()));
+  int64_t rows = rows_of(x), n = x.dim(-1);
+  Tensor out = Tensor::empty(x.shape(), DType::F32, dev);
+  if (log_space) ST_KERNEL(dev, log_softmax_forward)(out.data(), x.data(), rows, n);
+  else ST_KERNEL(dev, softmax_forward)(out.data(), x.data(), rows, n);
+  if (needs_grad({&x})) {
+    record(op, out, [x, out, rows, n, log_space, dev](const Tensor& dout) {
+      if (log_space) ST_KERNEL(dev, log_softmax_backward)(grad_buffer(x).data(), dout.data(), out.data(), rows, n);
+      else ST_KERNEL(dev, softmax_backward)(grad_buffer(x).data(), dout.data(), out.data(), rows, n);
+    });
+  }
+  return out;
+}
+
+Tensor softmax(const Tensor& x) { return row_softmax("softmax", false, x); }
+Tensor log_softmax(const Tensor& x) { return row_softmax("log_softmax", true, x); }
+
+Tensor masked_softmax(const Tensor& scores, const Tensor& mask) {
+  const char* op = "masked_softmax";
+  Device dev = common_device(op, {&scores, &mask});
+  require_f32(op, scores, "scores");
+  require_f32(op, mask, "mask");
+  if (scores.rank() < 2 || mask.rank() != 2 || mask.dim(0) != scores.dim(0) || mask.dim(1) != scores.dim(-1))
+    shape_error(op, "expects scores (B, ..., Nk) and mask (B, Nk), got scores " + to_string(scores.shape()) +
+                        " and mask " + to_string(mask.shape()));
+  int B = int(scores.dim(0)), Nk = int(scores.dim(-1));
+  int64_t R = B && Nk ? scores.numel() / (int64_t(B) * Nk) : 0;
+  Tensor out = Tensor::empty(scores.shape(), DType::F32, dev);
+  ST_KERNEL(dev, masked_softmax_forward)(out.data(), scores.data(), mask.data(), B, R, Nk);
+  if (needs_grad({&scores, &mask})) {
+    record(op, out, [scores, mask, out, B, R, Nk, dev](const Tensor& dout) {
+      float* ds = scores.requires_grad() ? grad_buffer(scores).data() : nullptr;
+      float* dm = mask.requires_grad() ? grad_buffer(mask).data() : nullptr;
+      ST_KERNEL(dev, masked_softmax_backward)(ds, dm, dout.data(), out.data(), scores.data(), mask.data(), B, R, Nk);
+    });
+  }
+  return out;
+}
+
+}  // namespace st

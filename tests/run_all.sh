@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs every test suite and prints one summary line over all of them:
+#   N passed, N failed[, N skipped]
+# Counts are doctest test cases. Usage: tests/run_all.sh BUILD_DIR
+set -u
+build=${1:-build}
+passed=0 failed=0 skipped=0
+run_suite() {  # name, command...
+  local name=$1; shift
+  local log
+  log=$(mktemp)
+  "$@" 2>&1 | tee "$log"
+  local status=${PIPESTATUS[0]}
+  local line
+  line=$(grep -E '^\[doctest\] test cases:' "$log" | tail -n 1)
+  rm -f "$log"
+  if [ -z "$line" ]; then
+    echo "suite $name crashed or printed no summary (exit $status)"
+    failed=$((failed + 1))
+    return
+  fi
+  local p f s
+  p=$(sed -E 's/.*\| *([0-9]+) passed.*/\1/' <<<"$line")
+  f=$(sed -E 's/.*\| *([0-9]+) failed.*/\1/' <<<"$line")
+  s=$(sed -E 's/.*\| *([0-9]+) skipped.*/\1/' <<<"$line")
+  passed=$((passed + p)) failed=$((failed + f)) skipped=$((skipped + s))
+  if [ "$status" -ne 0 ] && [ "$f" -eq 0 ]; then failed=$((failed + 1)); fi
+}
+run_suite unit "$build/unit_tests"
+summary="$passed passed, $failed failed"
+[ "$skipped" -gt 0 ] && summary="$summary, $skipped skipped"
+echo "$summary"
+[ "$failed" -eq 0 ]
