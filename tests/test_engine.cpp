@@ -1,0 +1,208 @@
+// The engine around the ops: the tape, errors, the RNG, the allocator, and
+// the optimizer.
+#include <doctest/doctest.h>
+
+#include <cmath>
+
+#include "engine/memory.h"
+#include "engine/ops.h"
+#include "engine/optim.h"
+
+using namespace st;
+
+namespace {
+Tensor leaf(std::vector<float> v, Shape s) { return Tensor::from_vector(v, s).set_requires_grad(true); }
+
+// The message of the exception `f` throws as E; fails if it throws nothing or something else.
+template <class E, class F>
+std::string message_of(F f) {
+  try {
+    f();
+  } catch (const E& e) {
+    return e.what();
+  }
+  FAIL("expected an exception");
+  return "";
+}
+}  // namespace
+
+TEST_CASE("autograd: gradients accumulate over backward calls until zero_grad") {
+  Tensor x = leaf({1.0f, -2.0f, 3.0f}, {3});
+  backward(sum_all(x * x));  // d/dx = 2x
+  CHECK(x.grad().to_vector() == std::vector<float>{2.0f, -4.0f, 6.0f});
+  backward(sum_all(x * 3.0f));
+  CHECK(x.grad().to_vector() == std::vector<float>{5.0f, -1.0f, 9.0f});
+  x.zero_grad();
+  CHECK_FALSE(x.grad().defined());
+  CHECK(tape_size() == 0);  // backward consumed the tape
+}
+
+TEST_CASE("autograd: a tensor used twice gets both contributions; intermediates are not kept") {
+  Tensor x = leaf({0.5f, 2.0f}, {2});
+  Tensor y = exp(x);
+  Tensor loss = sum_all(y * y + y);  // d/dx = 2 e^{2x} + e^x
+  backward(loss);
+  std::vector<float> g = x.grad().to_vector();
+  CHECK(g[0] == doctest::Approx(2 * std::exp(1.0) + std::exp(0.5)).epsilon(1e-6));
+  CHECK(g[1] == doctest::Approx(2 * std::exp(4.0) + std::exp(2.0)).epsilon(1e-6));
+  CHECK_FALSE(y.grad().defined());
+}
+
+TEST_CASE("autograd: no-grad scope records nothing; detach cuts the path") {
+  Tensor x = leaf({1.0f, 2.0f}, {2});
+  {
+    NoGrad guard;
+    Tensor y = x * x;
+    CHECK_FALSE(y.requires_grad());
+    CHECK(tape_size() == 0);
+  }
+  Tensor z = sum_all(detach(x) * x);  // only the second factor carries a gradient
+  backward(z);
+  CHECK(x.grad().to_vector() == std::vector<float>{1.0f, 2.0f});
+}
+
+TEST_CASE("autograd: backward needs a one-value root that depends on a leaf") {
+  Tensor x = leaf({1.0f, 2.0f}, {2});
+  CHECK(message_of<ShapeError>([&] { backward(x * 2.0f); }).find("(2)") != std::string::npos);
+  clear_tape();
+  Tensor c = Tensor::from_vector({1.0f}, {1});
+  CHECK_THROWS_AS(backward(c), ArgumentError);
+}
+
+TEST_CASE("errors name the op and the shapes") {
+  Tensor a = Tensor::zeros({3, 4}), b = Tensor::zeros({5, 6});
+  std::string m = message_of<ShapeError>([&] { matmul(a, b); });
+  CHECK(m.find("matmul") != std::string::npos);
+  CHECK(m.find("(3, 4)") != std::string::npos);
+  CHECK(m.find("(5, 6)") != std::string::npos);
+  CHECK(message_of<ShapeError>([&] { add(a, b); }).find("add: shapes (3, 4) and (5, 6)") != std::string::npos);
+  CHECK(message_of<ShapeError>([&] { layernorm(a, Tensor::ones({3}), Tensor::zeros({3})); }).find("layernorm") !=
+        std::string::npos);
+  Tensor ids = Tensor::from_ints({0, 7}, {2});
+  CHECK(message_of<ArgumentError>([&] { embedding(ids, Tensor::zeros({5, 2})); }).find("index 7") != std::string::npos);
+  Tensor t = Tensor::from_ints({3}, {1});
+  CHECK(message_of<ArgumentError>([&] { cross_entropy(Tensor::zeros({1, 3}), t); }).find("target 3") !=
+        std::string::npos);
+  Rng rng(1);
+  CHECK_THROWS_AS(dropout(a, 1.0f, rng, true), ArgumentError);
+  CHECK_THROWS_AS(gumbel_sigmoid_st(a, 0.0f, nullptr), ArgumentError);
+  CHECK_THROWS_AS(reshape(a, {5, -1}), ShapeError);
+  CHECK_THROWS_AS(split(a, {1, 1}, 0), ShapeError);
+  CHECK_THROWS_AS(concat({a, b}, 0), ShapeError);
+  CHECK_THROWS_AS(patch_embed(Tensor::zeros({1, 3, 10, 10}), Tensor::zeros({4, 3, 3, 3})), ShapeError);
+  CHECK_THROWS_AS(Tensor().shape(), ArgumentError);
+  CHECK_THROWS_AS(ids.data(), ArgumentError);  // an i32 tensor has no float data
+}
+
+TEST_CASE("errors: a device the build or the machine lacks is a DeviceError") {
+  // Without a GPU (or without CUDA in the build) a CUDA tensor cannot exist.
+  bool made = false;
+  try {
+    Tensor g = Tensor::zeros({2}, DType::F32, Device::CUDA);
+    made = true;
+    CHECK_THROWS_AS(add(g, Tensor::zeros({2})), DeviceError);  // mixed devices
+    CHECK_THROWS_AS(layernorm(g, g, g), DeviceError);          // no CUDA kernel yet
+  } catch (const DeviceError& e) {
+    CHECK_FALSE(made);
+    CHECK(std::string(e.what()).size() > 0);
+  }
+}
+
+TEST_CASE("rng: Philox4x32-10 known answer, determinism, open interval") {
+  auto zero = philox4x32(0, 0);  // Random123's known-answer vector for counter 0, key 0
+  CHECK(zero[0] == 0x6627e8d5u);
+  CHECK(zero[1] == 0xe169c58du);
+  CHECK(zero[2] == 0xbc57ac4cu);
+  CHECK(zero[3] == 0x9b00dbd8u);
+  Rng a(42), b(42), c(43);
+  Tensor ta = Tensor::uniform({1000}, a, 0.0f, 1.0f), tb = Tensor::uniform({1000}, b, 0.0f, 1.0f);
+  CHECK(ta.to_vector() == tb.to_vector());
+  CHECK(Tensor::uniform({1000}, c, 0.0f, 1.0f).to_vector() != ta.to_vector());
+  CHECK(a.offset == 1000);
+  double mean = 0;
+  for (float u : ta.to_vector()) {
+    CHECK(u > 0.0f);
+    CHECK(u < 1.0f);
+    mean += u / 1000;
+  }
+  CHECK(mean == doctest::Approx(0.5).epsilon(0.05));
+}
+
+TEST_CASE("memory: a repeated training step is served from the cache") {
+  Rng rng(3);
+  Tensor w = parameter({33, 17}, rng, 0.1f), bias = parameter({33}, rng, 0.0f);
+  Tensor x = Tensor::randn({9, 17}, rng);
+  auto step = [&] {
+    Tensor h = gelu(linear(x, w, bias));
+    backward(mean_all(softmax(h)));
+    w.zero_grad();
+    bias.zero_grad();
+  };
+  step();
+  step();
+  memory::Stats before = memory::host_stats();
+  for (int i = 0; i < 3; i++) step();
+  memory::Stats after = memory::host_stats();
+  CHECK(after.requests > before.requests);
+  CHECK(after.system_allocs == before.system_allocs);
+  CHECK(after.in_use == before.in_use);  // nothing leaks from step to step
+}
+
+TEST_CASE("memory: size classes bound the waste") {
+  CHECK(memory::size_class(1) == 64);
+  CHECK(memory::size_class(65536) == 65536);
+  for (size_t n : {65537ul, 100000ul, 3000000ul, 123456789ul}) {
+    CHECK(memory::size_class(n) >= n);
+    CHECK(double(memory::size_class(n)) <= 1.25 * double(n) + 64);
+  }
+}
+
+TEST_CASE("optim: AdamW step matches the formula, per group") {
+  Tensor w = leaf({1.0f, -2.0f}, {2}), b = leaf({0.5f}, {1});
+  AdamW opt({{"decay", {w}, 0.1f, 0.5f}, {"no_decay", {b}, 0.2f, 0.0f}}, {0.9f, 0.99f, 1e-8f});
+  backward(sum_all(w * w) + sum_all(b * 3.0f));  // grads: 2w = (2, -4), 3
+  opt.step();
+  // step 1: m/c1 = g, v/c2 = g^2, so the update is lr * sign(g) (up to eps).
+  std::vector<float> wv = w.to_vector();
+  CHECK(wv[0] == doctest::Approx(1.0 * (1 - 0.1 * 0.5) - 0.1).epsilon(1e-6));
+  CHECK(wv[1] == doctest::Approx(-2.0 * (1 - 0.1 * 0.5) + 0.1).epsilon(1e-6));
+  CHECK(b.item() == doctest::Approx(0.5 - 0.2).epsilon(1e-6));
+  // step 2 with g2 = 1: m = 0.9 (0.1 g1) + 0.1 g2, v = 0.99 (0.01 g1^2) + 0.01 g2^2, then bias-corrected
+  opt.zero_grad();
+  backward(sum_all(b * 1.0f));
+  opt.step();
+  double m = (0.9 * 0.1 * 3 + 0.1 * 1) / (1 - 0.81), v = (0.99 * 0.01 * 9 + 0.01 * 1) / (1 - 0.9801);
+  CHECK(b.item() == doctest::Approx(0.3 - 0.2 * m / (std::sqrt(v) + 1e-8)).epsilon(1e-5));
+  CHECK(w.to_vector() == wv);  // no gradient this step: untouched
+  CHECK(opt.steps() == 2);
+}
+
+TEST_CASE("optim: decay groups, clipping and schedules") {
+  Rng rng(5);
+  auto groups = decay_groups({{"layer.weight", parameter({4, 3}, rng, 1.0f)},
+                              {"layer.bias", parameter({4}, rng, 1.0f)},
+                              {"ln.weight", parameter({3}, rng, 1.0f)}},
+                             1e-3f, 0.01f);
+  REQUIRE(groups.size() == 2);
+  CHECK(groups[0].params.size() == 1);
+  CHECK(groups[0].weight_decay == 0.01f);
+  CHECK(groups[1].params.size() == 2);
+  CHECK(groups[1].weight_decay == 0.0f);
+
+  Tensor a = leaf({3.0f, 0.0f}, {2}), b = leaf({4.0f}, {1});
+  backward(sum_all(a * a) * 0.5f + sum_all(b * b) * 0.5f);  // grads (3, 0) and 4: norm 5
+  CHECK(clip_grad_norm({a, b}, 1.0f) == doctest::Approx(5.0f));
+  CHECK(a.grad().to_vector()[0] == doctest::Approx(0.6f).epsilon(1e-4));
+  CHECK(b.grad().item() == doctest::Approx(0.8f).epsilon(1e-4));
+  CHECK(clip_grad_norm({a, b}, 10.0f) == doctest::Approx(1.0f).epsilon(1e-4));  // under the limit: unchanged
+  CHECK(b.grad().item() == doctest::Approx(0.8f).epsilon(1e-4));
+
+  CHECK(lr_schedule(0, 10, 110, Decay::Linear) == 0.0f);
+  CHECK(lr_schedule(5, 10, 110, Decay::Linear) == doctest::Approx(0.5f));
+  CHECK(lr_schedule(10, 10, 110, Decay::Linear) == doctest::Approx(1.0f));
+  CHECK(lr_schedule(60, 10, 110, Decay::Linear) == doctest::Approx(0.5f));
+  CHECK(lr_schedule(110, 10, 110, Decay::Linear) == 0.0f);
+  CHECK(lr_schedule(60, 10, 110, Decay::Cosine) == doctest::Approx(0.5f));
+  CHECK(lr_schedule(35, 10, 110, Decay::Cosine) == doctest::Approx(0.5 * (1 + std::cos(M_PI * 0.25))));
+  CHECK(lr_schedule(500, 10, 110, Decay::Constant) == 1.0f);
+}
