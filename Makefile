@@ -25,7 +25,7 @@ ifneq ($(NVCC),)
   NVCCFLAGS ?= -O3 -std=c++20 -arch=$(CUDA_ARCH) -I. -Xcompiler -Wall,-Wextra,-fopenmp
 else
   CUDA_SRC  :=
-  $(info nvcc not found: building the CPU engine only)
+  $(info CUDA off (nvcc not found, or NVCC= given): building the CPU engine only)
 endif
 
 LIB_SRC  := $(wildcard engine/*.cpp engine/ops/*.cpp layers/*.cpp pruning/*.cpp weights/*.cpp)
@@ -61,8 +61,14 @@ $(BUILD)/bench_gemm: bench/bench_gemm.cpp $(LIB)
 	@mkdir -p $(@D)
 	$(CXX) $(CXXFLAGS) -I$(OPENBLAS_INC) $< $(LIB) $(LDFLAGS) $(LDLIBS) -lopenblas -o $@
 
+# Debian's OpenBLAS picks its AVX2 (Haswell) kernel on some AVX-512 CPUs;
+# where the CPU has AVX-512 we also compare with OpenBLAS's AVX-512 kernel.
 bench: check-deps $(BUILD)/bench_gemm
 	$(BUILD)/bench_gemm --json $(BUILD)/bench_gemm.json
+	@if grep -qw avx512f /proc/cpuinfo; then \
+	  echo "--- again, with OpenBLAS forced to its AVX-512 kernel (OPENBLAS_CORETYPE=SkylakeX)"; \
+	  OPENBLAS_CORETYPE=SkylakeX $(BUILD)/bench_gemm --json $(BUILD)/bench_gemm_skylakex.json; \
+	fi
 
 # --- tests: every suite, one summary line.
 test: check-deps all

@@ -4,8 +4,9 @@
 //
 //   build/bench_gemm [--json FILE] [--reps N]
 //
-// Each measurement: one warm-up call, then N timed repetitions (default 7)
-// alternating ours / OpenBLAS; the median time of each is reported. Results
+// Each measurement: for each library in turn (after a pause, see
+// run_shape), one warm-up call, then N timed repetitions (default 7); the
+// median time of each is reported. Results
 // of the two libraries are compared (max relative error, checked).
 //
 // Batched attention products: ours is st::sgemm_batched; OpenBLAS 0.3.21
@@ -23,6 +24,7 @@
 #include <functional>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "engine/gemm.h"
@@ -91,17 +93,23 @@ Result run_shape(const Shape& s, int threads, int reps) {
                   C2.data() + b * sc, ldc);
   };
 
-  ours();  // warm-up: page faults, packing buffers, thread pools
-  blas();
-  std::vector<double> t_ours, t_blas;
-  for (int r = 0; r < reps; ++r) {
-    double t0 = now_s();
-    ours();
-    t_ours.push_back(now_s() - t0);
-    t0 = now_s();
-    blas();
-    t_blas.push_back(now_s() - t0);
-  }
+  // Each library is timed in its own block, after a pause: both keep their
+  // worker threads spinning for a while after a call (libgomp for ~ms,
+  // OpenBLAS for up to ~0.1 s), and a spinning thread of one library on the
+  // second core halves the other's 2-thread speed if calls are interleaved.
+  auto time_block = [&](const std::function<void()>& fn) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    fn();  // warm-up: page faults, packing buffers, thread pools
+    std::vector<double> t;
+    for (int r = 0; r < reps; ++r) {
+      const double t0 = now_s();
+      fn();
+      t.push_back(now_s() - t0);
+    }
+    return t;
+  };
+  const std::vector<double> t_ours = time_block(ours);
+  const std::vector<double> t_blas = time_block(blas);
 
   // Relative to the largest |C| of OpenBLAS: a scale-aware comparison.
   double max_abs = 0.0, max_diff = 0.0;

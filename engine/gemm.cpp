@@ -2,17 +2,25 @@
 //
 //   C (M x N) = alpha * op(A) (M x K) * op(B) (K x N) + beta * C
 //
-// The five loops around the micro-kernel, and which cache each block is
-// sized for (numbers for the AVX-512 kernel, see kKernels below):
+// The five loops around the micro-kernel, and where each block lives
+// (AVX-512 kernel: MR x NR = 14 x 32, MC = 56, KC = 1024, NC = 3072):
 //
-//   for jc in N step NC            B panel  op(B)[pc:pc+KC, jc:jc+NC] -> L3
-//     for pc in K step KC            (packed once, shared by all threads)
+//   for jc in N step NC            B panel  op(B)[pc:pc+KC, jc:jc+NC]: 12 MiB
+//     for pc in K step KC            -> L3 (packed once, shared by threads)
 //       pack B panel  -> Bp : NC/NR micro-panels, each KC x NR, row by row
-//       for ic in M step MC          A block  op(A)[ic:ic+MC, pc:pc+KC] -> L2
-//         pack A block -> Ap : MC/MR micro-panels, each KC x MR, k-major
-//         for jr in NC step NR       B micro-panel (KC x NR) stays in L1 ...
-//           for ir in MC step MR     ... while A micro-panels stream from L2
+//       for ic in M step MC          A block  op(A)[ic:ic+MC, pc:pc+KC]:
+//         pack A block -> Ap            224 KiB -> L2 (1 MiB per core)
+//         for jr in NC step NR       B micro-panel (KC x NR, 128 KiB, L2)
+//           for ir in MC step MR     A micro-panel (KC x MR,  56 KiB, L1/L2)
 //             micro-kernel: C[ir:ir+MR, jr:jr+NR] += Ap_ir * Bp_jr
+//
+// Textbook BLIS keeps the B micro-panel in L1 (KC ~ 256 here). Measured on
+// Zen 5 (48 KiB L1d, 1 MiB L2) a much deeper KC is faster: one k step needs
+// 128 + 56 bytes for 28 FMAs (14 cycles), which L2 supplies with ease, while
+// every KC block costs a full read-modify-write of the C tile and a kernel
+// call. KC = 1024 also makes K = 768 a single block (K is cut into equal
+// blocks, see gemm_thread). MC is small (4 micro-panels) so that the A block
+// stays in L2 next to the streaming B micro-panel.
 //
 // The micro-kernel keeps the whole MR x NR tile of C in vector registers for
 // the KC-long loop: every step loads one row of the B micro-panel (NR floats
@@ -339,23 +347,139 @@ void micro_avx512(int kc, const float* a, const float* b, float* c,
   kAvx512Table[m - 1][n > 16](kc, a, b, c, ldc, n, alpha, beta);
 }
 
+// AVX-512 packing. The transposing cases (A not transposed, B transposed:
+// the panel's rows are columns of the stored matrix) dominate small products
+// such as the attention ones, where packing is a third of the work when done
+// element by element; here 16 x 16 blocks are transposed in registers.
+
+// GCC 12's AVX-512 shuffle intrinsics use a self-initialised "undefined"
+// vector that trips a false -Wmaybe-uninitialized (GCC bug 105593).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+// In-register transpose of a 16 x 16 block: r[i] lane j -> r[j] lane i.
+__attribute__((target("avx512f"))) inline void transpose16x16(__m512 r[16]) {
+  __m512 t[16];
+  // 1. Interleave row pairs: t[2i] lane L = a[4L] b[4L] a[4L+1] b[4L+1], ...
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  // 2. Within each 128-bit lane L, r[4i+j] = column 4L+j of rows 4i..4i+3.
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  // 3. Transpose the 4 x 4 grid of 128-bit lanes of r[j], r[4+j], r[8+j],
+  //    r[12+j] (two rounds of lane shuffles).
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    const __m512 u0 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);
+    const __m512 u1 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xDD);
+    const __m512 u2 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
+    const __m512 u3 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xDD);
+    t[j] = _mm512_shuffle_f32x4(u0, u2, 0x88);
+    t[8 + j] = _mm512_shuffle_f32x4(u0, u2, 0xDD);
+    t[4 + j] = _mm512_shuffle_f32x4(u1, u3, 0x88);
+    t[12 + j] = _mm512_shuffle_f32x4(u1, u3, 0xDD);
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+inline __mmask16 first_lanes(int n) {
+  return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1u);
+}
+
+// Writes the transpose of `rows` (<= 16) stored rows src[r * ld + k],
+// k in [0, kc), into dst[k * width + r] for r < 16 clipped to `width`'s
+// mask; rows >= `rows` are written as zeros.
+__attribute__((target("avx512f"))) void transpose_rows_into_panel(
+    const float* src, int64_t ld, int rows, int kc, float* dst, int width,
+    __mmask16 store_mask) {
+  for (int k0 = 0; k0 < kc; k0 += 16) {
+    const int kn = std::min(16, kc - k0);
+    const __mmask16 load_mask = first_lanes(kn);
+    __m512 r[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) {
+      if (i < rows) {
+        // Up to 16 rows are read side by side, more streams than the
+        // hardware prefetcher follows: fetch a few lines ahead ourselves.
+        _mm_prefetch(reinterpret_cast<const char*>(src + i * ld + k0 + 64),
+                     _MM_HINT_T0);
+        r[i] = _mm512_maskz_loadu_ps(load_mask, src + i * ld + k0);
+      } else {
+        r[i] = _mm512_setzero_ps();
+      }
+    }
+    transpose16x16(r);
+    for (int c = 0; c < kn; ++c)
+      _mm512_mask_storeu_ps(dst + int64_t(k0 + c) * width, store_mask, r[c]);
+  }
+}
+
+__attribute__((target("avx512f"))) void pack_a_avx512(
+    bool trans, const float* A, int64_t lda, int mc, int kc, float* dst) {
+  constexpr int MR = kAvx512MR;
+  for (int i0 = 0; i0 < mc; i0 += MR, dst += int64_t(MR) * kc) {
+    const int m = std::min(MR, mc - i0);
+    if (trans) {  // each panel row is m contiguous floats of A, zero-padded
+      const __mmask16 lm = first_lanes(m);
+      for (int k = 0; k < kc; ++k)
+        _mm512_mask_storeu_ps(dst + int64_t(k) * MR, first_lanes(MR),
+                              _mm512_maskz_loadu_ps(lm, A + k * lda + i0));
+    } else {  // rows of A become columns of the panel
+      transpose_rows_into_panel(A + i0 * lda, lda, m, kc, dst, MR,
+                                first_lanes(MR));
+    }
+  }
+}
+
+__attribute__((target("avx512f"))) void pack_b_avx512(
+    bool trans, const float* B, int64_t ldb, int kc, int nc, float* dst) {
+  constexpr int NR = kAvx512NR;
+  for (int j0 = 0; j0 < nc; j0 += NR, dst += int64_t(NR) * kc) {
+    const int n = std::min(NR, nc - j0);
+    if (!trans) {  // each panel row is n contiguous floats of B, zero-padded
+      const __mmask16 m0 = first_lanes(n), m1 = first_lanes(std::max(0, n - 16));
+      for (int k = 0; k < kc; ++k) {
+        const float* src = B + k * ldb + j0;
+        _mm512_store_ps(dst + int64_t(k) * NR, _mm512_maskz_loadu_ps(m0, src));
+        _mm512_store_ps(dst + int64_t(k) * NR + 16,
+                        _mm512_maskz_loadu_ps(m1, src + 16));
+      }
+    } else {  // rows of B become columns of the panel, 16 at a time
+      for (int h = 0; h < 2; ++h)
+        transpose_rows_into_panel(B + (j0 + 16 * h) * ldb, ldb,
+                                  std::max(0, std::min(16, n - 16 * h)), kc,
+                                  dst + 16 * h, NR, first_lanes(16));
+    }
+  }
+}
+
+#pragma GCC diagnostic pop
+
 bool avx512_supported() { return __builtin_cpu_supports("avx512f"); }
 #endif  // ST_GEMM_X86
 
-// Best first. Blocking sizes (floats):
-//   KC x NR B micro-panel should sit in L1 (48 KiB on Zen 4/5, 32 KiB on
-//   Intel) next to one KC x MR A micro-panel;
-//   MC x KC A block should take about half of L2 (1 MiB per core);
-//   KC x NC B panel lives in the shared L3.
-// Measured on the development machine (AMD EPYC, 2 cores), see
-// bench/bench_gemm.cpp.
+// Best first. Blocking sizes (floats), see the comment at the top of the
+// file. AVX-512 values tuned by measurement on the development machine (AMD
+// EPYC Zen 5, 2 cores; MC in 28..336, KC in 256..1536, NC in 768..3072 on
+// the three large model shapes; within noise: KC 768-1536, MC 28-84). The
+// AVX2 and generic values follow the textbook rule (B micro-panel ~ L1,
+// A block ~ half of L2) and were not tuned.
 // The AVX-512 blocks can be overridden at compile time for tuning
 // (-DST_GEMM_MC=... etc.).
 #ifndef ST_GEMM_MC
-#define ST_GEMM_MC 168
+#define ST_GEMM_MC 56
 #endif
 #ifndef ST_GEMM_KC
-#define ST_GEMM_KC 256
+#define ST_GEMM_KC 1024
 #endif
 #ifndef ST_GEMM_NC
 #define ST_GEMM_NC 3072
@@ -363,7 +487,7 @@ bool avx512_supported() { return __builtin_cpu_supports("avx512f"); }
 const Kernel kKernels[] = {
 #if ST_GEMM_X86
     {"avx512", kAvx512MR, kAvx512NR, /*MC=*/ST_GEMM_MC, /*KC=*/ST_GEMM_KC, /*NC=*/ST_GEMM_NC,
-     micro_avx512, pack_a_generic<kAvx512MR>, pack_b_generic<kAvx512NR>,
+     micro_avx512, pack_a_avx512, pack_b_avx512,
      avx512_supported},
     {"avx2", kAvx2MR, kAvx2NR, /*MC=*/144, /*KC=*/256, /*NC=*/3072,
      micro_avx2, pack_a_generic<kAvx2MR>, pack_b_generic<kAvx2NR>,
@@ -506,6 +630,11 @@ void gemm_thread(const Kernel& kr, const Problem& p, float* bpack, int tid,
   // reading and writing C for little work.
   const int k_blocks = (p.K + kr.KC - 1) / kr.KC;
   const int kc_block = int(round_up((p.K + k_blocks - 1) / k_blocks, 8));
+  // Micro-panel j of the packed B panel starts at j * panel_stride, sized
+  // for the largest kc: with the split over micro-panels, threads do not
+  // wait for each other, so one may pack the (shorter) last K block while
+  // another still reads the previous one; fixed slots keep them disjoint.
+  const int64_t panel_stride = int64_t(NR) * kc_block;
 
   // This thread's rows [i_begin, i_end), in whole MR tiles.
   const int m_tiles = (p.M + MR - 1) / MR;
@@ -526,10 +655,9 @@ void gemm_thread(const Kernel& kr, const Problem& p, float* bpack, int tid,
       // accumulate onto it.
       const float beta = pc == 0 ? p.beta : 1.0f;
 
-      if (q1 > q0)
-        kr.pack_b(p.tb, p.b_at(pc, jc + q0 * NR), p.ldb, kc,
-                  std::min(nc, q1 * NR) - q0 * NR,
-                  bpack + int64_t(q0) * NR * kc);
+      for (int q = q0; q < q1; ++q)
+        kr.pack_b(p.tb, p.b_at(pc, jc + q * NR), p.ldb, kc,
+                  std::min(NR, nc - q * NR), bpack + q * panel_stride);
       if (split_m) barrier(nth);  // the whole panel is needed by everyone
 
       const int jp0 = split_m ? 0 : q0, jp1 = split_m ? n_panels : q1;
@@ -540,7 +668,7 @@ void gemm_thread(const Kernel& kr, const Problem& p, float* bpack, int tid,
           for (int jp = jp0; jp < jp1; ++jp) {
             const int j = jp * NR;
             const int n = std::min(NR, nc - j);
-            const float* bp = bpack + int64_t(jp) * NR * kc;
+            const float* bp = bpack + int64_t(jp) * panel_stride;
             float* c = p.C + int64_t(ic) * p.ldc + jc + j;
             for (int ir = 0; ir < mc; ir += MR)
               kr.micro(kc, apack + int64_t(ir) * kc, bp, c + ir * p.ldc,
@@ -550,6 +678,9 @@ void gemm_thread(const Kernel& kr, const Problem& p, float* bpack, int tid,
       }
       if (split_m) barrier(nth);  // before the panel is overwritten
     }
+    // Split over micro-panels: the next B panel may be divided differently
+    // (narrower last jc block), so slots change owner; wait for everyone.
+    if (!split_m) barrier(nth);
   }
 }
 

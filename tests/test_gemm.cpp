@@ -193,10 +193,15 @@ TEST_CASE("sgemm: large enough to use threads and several cache blocks") {
       INFO(describe(wide));
       check_case(wide, seed++);
     }
-    // Few rows, many columns: threads split the B micro-panels instead.
-    const Case wide{false, true, 9, 1500, 700, 1.0f, 0.0f, 2};
-    INFO(describe(wide));
-    check_case(wide, seed++);
+    // Few rows, many columns: threads split the B micro-panels instead and
+    // run without barriers between K blocks. Several K blocks of unequal
+    // length and two N panels, repeated: these caught races on the shared
+    // B buffer that a single run misses.
+    for (int rep = 0; rep < 4; ++rep) {
+      const Case wide{false, rep % 2 == 1, 9, 3109, 1100, 1.0f, 0.0f, 2};
+      INFO(describe(wide));
+      check_case(wide, seed++);
+    }
   }
 }
 
