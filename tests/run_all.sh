@@ -26,6 +26,7 @@ run_suite() {  # name, command...
   passed=$((passed + p)) failed=$((failed + f)) skipped=$((skipped + s))
   if [ "$status" -ne 0 ] && [ "$f" -eq 0 ]; then failed=$((failed + 1)); fi
 }
+export SMARTTRIM_BIN="$build/smarttrim"  # tests/test_cli.cpp runs it
 run_suite unit "$build/unit_tests"
 summary="$passed passed, $failed failed"
 [ "$skipped" -gt 0 ] && summary="$summary, $skipped skipped"
