@@ -89,7 +89,6 @@ class Tensor {
   bool same_as(const Tensor& other) const { return impl_ == other.impl_; }
 
  private:
-  friend struct TensorAccess;
   std::shared_ptr<TensorImpl> impl_;
 };
 
