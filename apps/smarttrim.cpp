@@ -7,6 +7,7 @@
 
 #include "engine/error.h"
 #include "engine/gemm.h"
+#include "weights/format.h"
 #ifdef SMARTTRIM_CUDA
 #include "cuda/runtime.h"
 #endif
@@ -22,6 +23,7 @@ void print_usage(FILE* out) {
                "commands:\n"
                "  version    print the version\n"
                "  devices    list the CPU kernel and the GPUs this build can use\n"
+               "  inspect FILE  check a weights file; print its metadata and tensors\n"
                "  help       print this message\n");
 }
 
@@ -34,6 +36,23 @@ int devices() {
 #else
   std::printf("cuda: this build has no CUDA backend (nvcc was not found at build time)\n");
 #endif
+  return 0;
+}
+
+int inspect(const std::string& path) {
+  st::weights::WeightsFile f(path);  // validates everything; throws st::FormatError
+  std::printf("file: %s\n", path.c_str());
+  std::printf("metadata:\n");
+  for (const auto& [k, v] : f.metadata()) std::printf("  %s: %s\n", k.c_str(), v.c_str());
+  std::printf("tensors:\n");
+  uint64_t total = 0;
+  for (const auto& e : f.entries()) {
+    std::printf("  %s  %s  %s  %llu bytes\n", e.name.c_str(), st::weights::dtype_tag(e.dtype),
+                st::to_string(e.shape).c_str(), static_cast<unsigned long long>(e.bytes));
+    total += e.bytes;
+  }
+  std::printf("total: %zu tensors, %llu bytes\n", f.entries().size(), static_cast<unsigned long long>(total));
+  std::printf("ok\n");
   return 0;
 }
 
@@ -52,6 +71,13 @@ int run(int argc, char** argv) {
     return 0;
   }
   if (cmd == "devices") return devices();
+  if (cmd == "inspect") {
+    if (argc != 3) {
+      std::fprintf(stderr, "usage: smarttrim inspect FILE\n");
+      return 2;
+    }
+    return inspect(argv[2]);
+  }
   std::fprintf(stderr, "smarttrim: unknown command '%s'\n", cmd.c_str());
   print_usage(stderr);
   return 2;
