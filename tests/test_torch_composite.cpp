@@ -8,7 +8,8 @@
 // (Debian's python3-torch) unless SMARTTRIM_PYTHON names another.
 #include <doctest/doctest.h>
 
-#include <sys/wait.h>
+#include "tests/support.h"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -58,15 +59,6 @@ struct TempDir {
 
 // Runs a shell command; returns its exit code (-1 when it did not exit
 // normally) and fills `output` with its stdout and stderr.
-int run_command(const std::string& command, std::string& output) {
-  FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
-  if (!pipe) return -1;
-  char buffer[4096];
-  size_t n;
-  while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) output.append(buffer, n);
-  int status = ::pclose(pipe);
-  return status != -1 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
 
 std::string shell_quote(const std::string& s) {
   std::string q = "'";
@@ -149,15 +141,12 @@ TEST_CASE("torch reference: attention block, loss, gradients and three AdamW ste
   const fs::path script = fs::path(__FILE__).parent_path() / "torch_composite.py";
   REQUIRE_MESSAGE(fs::exists(script), "reference script not found at " << script.string()
                                                                        << " (run the tests from the repository root)");
-  const char* env_python = std::getenv("SMARTTRIM_PYTHON");
-  const std::string python = env_python && *env_python ? env_python : "/usr/bin/python3";
+  const std::string python = st::testing::python_interpreter();
 
   TempDir dir;
   const fs::path ref_file = dir.path / "reference.bin";
-  std::string output;
-  int status = run_command(shell_quote(python) + " " + shell_quote(script.string()) + " " +
-                               shell_quote(ref_file.string()),
-                           output);
+  auto [status, output] = st::testing::run_command(shell_quote(python) + " " + shell_quote(script.string()) + " " +
+                                                   shell_quote(ref_file.string()));
   REQUIRE_MESSAGE(status == 0, "the PyTorch reference script failed (exit code " << status << "):\n" << output);
   if (!output.empty()) MESSAGE("reference script says: " << output);
   const TensorMap ref = read_tensors(ref_file);

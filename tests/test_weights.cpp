@@ -4,11 +4,9 @@
 // that uses only struct + json + torch.frombuffer.
 #include <doctest/doctest.h>
 
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -23,6 +21,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "tests/support.h"
 #include "weights/format.h"
 
 namespace fs = std::filesystem;
@@ -99,20 +98,6 @@ std::vector<std::pair<std::string, Tensor>> sample_tensors() {
           {"bias", Tensor::from_vector({1.0f, -1.0f, 0.5f}, {1, 3})}};
 }
 
-std::string run_command(const std::string& cmd, int* status) {
-  FILE* pipe = ::popen((cmd + " 2>&1").c_str(), "r");
-  if (!pipe) {
-    *status = -1;
-    return "";
-  }
-  std::string out;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = std::fread(buf.data(), 1, buf.size(), pipe)) > 0) out.append(buf.data(), n);
-  int raw = ::pclose(pipe);
-  *status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  return out;
-}
 
 }  // namespace
 
@@ -327,12 +312,6 @@ TEST_CASE("weights: every truncation of a valid file and random bytes throw Form
 }
 
 TEST_CASE("weights: a Python reader (struct + json + torch.frombuffer) agrees") {
-  int status = 0;
-  run_command("/usr/bin/python3 -c 'import torch'", &status);
-  if (status != 0) {
-    MESSAGE("skipped: /usr/bin/python3 cannot import torch");
-    return;
-  }
   TempPath t;
   auto tensors = sample_tensors();
   st::weights::save(t.path, tensors, {{"config", "{\"a\": 1}"}});
@@ -352,7 +331,7 @@ TEST_CASE("weights: a Python reader (struct + json + torch.frombuffer) agrees") 
       "print('config', h['__metadata__']['config'])\n";
   TempPath py;
   write_bytes(py.path, script);
-  std::string out = run_command("/usr/bin/python3 " + py.path + " " + t.path, &status);
+  auto [status, out] = st::testing::run_command(st::testing::python_interpreter() + " " + py.path + " " + t.path);
   INFO("python output:\n" << out);
   REQUIRE(status == 0);
 
@@ -377,12 +356,10 @@ TEST_CASE("weights: a Python reader (struct + json + torch.frombuffer) agrees") 
 }
 
 TEST_CASE("weights: smarttrim inspect") {
-  const char* bin = std::getenv("SMARTTRIM_BIN");
-  const std::string exe = bin ? bin : "build/smarttrim";
+  const std::string exe = st::testing::smarttrim_binary();
   TempPath t;
   st::weights::save(t.path, sample_tensors(), {{"note", "hi"}});
-  int status = 0;
-  std::string out = run_command(exe + " inspect " + t.path, &status);
+  auto [status, out] = st::testing::run_command(exe + " inspect " + t.path);
   INFO(out);
   CHECK(status == 0);
   CHECK(out.find("note: hi") != std::string::npos);
@@ -391,12 +368,12 @@ TEST_CASE("weights: smarttrim inspect") {
   CHECK(out.find("\nok\n") != std::string::npos);
 
   write_bytes(t.path, u64le(100) + "{}");
-  out = run_command(exe + " inspect " + t.path, &status);
-  CHECK(status == 1);
-  CHECK(out.rfind("smarttrim: weights file '", 0) == 0);
-  CHECK(std::count(out.begin(), out.end(), '\n') == 1);
+  st::testing::CommandResult bad = st::testing::run_command(exe + " inspect " + t.path);
+  CHECK(bad.status == 1);
+  CHECK(bad.output.rfind("smarttrim: weights file '", 0) == 0);
+  CHECK(std::count(bad.output.begin(), bad.output.end(), '\n') == 1);
 
-  out = run_command(exe + " inspect", &status);
-  CHECK(status == 2);
-  CHECK(out.find("usage") != std::string::npos);
+  st::testing::CommandResult no_file = st::testing::run_command(exe + " inspect");
+  CHECK(no_file.status == 2);
+  CHECK(no_file.output.find("usage") != std::string::npos);
 }

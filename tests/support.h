@@ -1,0 +1,43 @@
+// Helpers shared by tests that run other programs: the smarttrim binary,
+// the Python interpreter of the PyTorch reference tests, and a way to run a
+// command and keep what it printed.
+#pragma once
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+namespace st::testing {
+
+struct CommandResult {
+  int status;          // the exit code; 128 + signal when a signal killed it; -1 when it could not start
+  std::string output;  // stdout and stderr together
+};
+
+inline CommandResult run_command(const std::string& command) {
+  FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
+  if (!pipe) return {-1, ""};
+  std::string out;
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), pipe)) > 0) out.append(buf.data(), n);
+  int raw = ::pclose(pipe);
+  if (raw == -1) return {-1, out};
+  return {WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw), out};
+}
+
+inline std::string env_or(const char* name, const char* fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? v : fallback;
+}
+
+// $SMARTTRIM_BIN (tests/run_all.sh sets it) or build/smarttrim.
+inline std::string smarttrim_binary() { return env_or("SMARTTRIM_BIN", "build/smarttrim"); }
+
+// $SMARTTRIM_PYTHON or Debian's /usr/bin/python3, which has python3-torch
+// after `make deps`. Tests that need torch fail without it: it is a declared dependency.
+inline std::string python_interpreter() { return env_or("SMARTTRIM_PYTHON", "/usr/bin/python3"); }
+
+}  // namespace st::testing
