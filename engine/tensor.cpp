@@ -164,6 +164,10 @@ const int32_t* Tensor::ints() const {
   return static_cast<const int32_t*>(impl_->storage->data);
 }
 
+void* Tensor::raw_data() { return checked(impl_).storage->data; }
+const void* Tensor::raw_data() const { return checked(impl_).storage->data; }
+size_t Tensor::nbytes() const { return size_t(numel()) * dtype_size(dtype()); }
+
 std::vector<float> Tensor::to_vector() const {
   Tensor host = to(Device::CPU);
   const float* p = host.data();

@@ -68,6 +68,9 @@ class Tensor {
   const float* data() const;
   int32_t* ints();
   const int32_t* ints() const;
+  void* raw_data();              // the buffer, whatever the dtype (files, copies)
+  const void* raw_data() const;
+  size_t nbytes() const;         // numel * dtype size
   std::vector<float> to_vector() const;    // copy to host (f32 only)
   std::vector<int32_t> to_ints() const;    // copy to host (i32 only)
   float item() const;                      // the one value of a 1-element f32 tensor

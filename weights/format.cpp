@@ -66,7 +66,7 @@ void save(const std::string& path, const std::vector<std::pair<std::string, Tens
     if (!names.insert(name).second) throw ArgumentError("weights::save: duplicate tensor name '" + name + "'");
     if (!t.defined()) throw ArgumentError("weights::save: tensor '" + name + "' is undefined");
     Tensor h = t.to(Device::CPU);
-    uint64_t bytes = uint64_t(h.numel()) * dtype_size(h.dtype());
+    uint64_t bytes = h.nbytes();
     uint64_t begin = bytes == 0 ? 0 : align_up(cursor);
     if (bytes != 0) cursor = begin + bytes;
     nlohmann::ordered_json e;
@@ -94,12 +94,10 @@ void save(const std::string& path, const std::vector<std::pair<std::string, Tens
   uint64_t pos = 0;
   static const char zeros[kAlignment] = {};
   for (size_t i = 0; i < host.size(); i++) {
-    uint64_t bytes = uint64_t(host[i].numel()) * dtype_size(host[i].dtype());
+    uint64_t bytes = host[i].nbytes();
     if (bytes == 0) continue;
     write_all(tmp, zeros, begins[i] - pos);
-    const void* p = host[i].dtype() == DType::F32 ? static_cast<const void*>(host[i].data())
-                                                  : static_cast<const void*>(host[i].ints());
-    write_all(tmp, p, bytes);
+    write_all(tmp, host[i].raw_data(), bytes);
     pos = begins[i] + bytes;
   }
   if (std::fflush(tmp.f) != 0 || ::fsync(::fileno(tmp.f)) != 0)
@@ -208,17 +206,12 @@ void WeightsFile::parse() {
     bool overflow = false;
     for (const auto& d : js) {
       if (!d.is_number_integer()) throw fail(who + "'shape' has the wrong type (expected an array of integers)");
-      if (d.is_number_unsigned()) {
-        uint64_t u = d.get<uint64_t>();
-        if (u > uint64_t(INT64_MAX)) throw fail(who + "dimension " + std::to_string(u) + " is too large");
-        e.shape.push_back(int64_t(u));
-        overflow = overflow || __builtin_mul_overflow(n, u, &n);
-      } else {
-        int64_t s = d.get<int64_t>();
-        if (s < 0) throw fail(who + "negative dimension " + std::to_string(s) + " in shape");
-        e.shape.push_back(s);
-        overflow = overflow || __builtin_mul_overflow(n, uint64_t(s), &n);
-      }
+      if (!d.is_number_unsigned())  // a signed JSON integer here is negative
+        throw fail(who + "negative dimension " + std::to_string(d.get<int64_t>()) + " in shape");
+      uint64_t u = d.get<uint64_t>();
+      if (u > uint64_t(INT64_MAX)) throw fail(who + "dimension " + std::to_string(u) + " is too large");
+      e.shape.push_back(int64_t(u));
+      overflow = overflow || __builtin_mul_overflow(n, u, &n);
     }
     if (!jo.is_array() || jo.size() != 2 || !jo[0].is_number_unsigned() || !jo[1].is_number_unsigned())
       throw fail(who + "'data_offsets' has the wrong type (expected two non-negative integers)");
@@ -261,10 +254,7 @@ const Entry& WeightsFile::entry(const std::string& name) const {
 Tensor WeightsFile::get(const std::string& name) const {
   const Entry& e = entry(name);
   Tensor t = Tensor::empty(e.shape, e.dtype);
-  if (e.bytes != 0) {
-    void* dst = e.dtype == DType::F32 ? static_cast<void*>(t.data()) : static_cast<void*>(t.ints());
-    std::memcpy(dst, map_ + data_start_ + e.offset, e.bytes);
-  }
+  if (e.bytes != 0) std::memcpy(t.raw_data(), map_ + data_start_ + e.offset, e.bytes);
   return t;
 }
 
