@@ -15,10 +15,15 @@ LDFLAGS  += -fopenmp
 LDLIBS   += -lm
 
 # --- CUDA: compiled whenever nvcc is found, so a GPU-less CI proves it builds.
+# nvcc on PATH may be a wrapper script in another folder, so CUDA_HOME is
+# where nvcc itself says it lives (_HERE_ in its dry run), not where it was found.
 NVCC := $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
 CUDA_ARCH ?= sm_90
 ifneq ($(NVCC),)
-  CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
+  CUDA_HOME := $(abspath $(shell $(NVCC) --dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/^\#\$$ _HERE_=//p' | head -n 1)/..)
+  ifeq ($(wildcard $(CUDA_HOME)/lib64/libcudart.so),)
+    $(error nvcc is $(NVCC) but no libcudart.so under $(CUDA_HOME)/lib64; give NVCC= to build the CPU engine only)
+  endif
   CUDA_SRC  := $(wildcard cuda/*.cu)
   CXXFLAGS  += -DSMARTTRIM_CUDA -I$(CUDA_HOME)/include
   LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas
