@@ -134,7 +134,7 @@ TEST_CASE("weights: round trip of f32, i32, 0-d and empty tensors with metadata"
   CHECK(g.get("x").to_ints() == std::vector<int32_t>{5});
 }
 
-TEST_CASE("weights: the data region and every tensor are 64-byte aligned (raw header)") {
+TEST_CASE("weights: aligned tensors that tile the data region, as safetensors requires (raw header)") {
   TempPath t;
   st::weights::save(t.path, sample_tensors(), {{"k", "v"}});
   std::string bytes = read_bytes(t.path);
@@ -145,22 +145,44 @@ TEST_CASE("weights: the data region and every tensor are 64-byte aligned (raw he
   REQUIRE(8 + len <= bytes.size());
   auto h = nlohmann::json::parse(bytes.substr(8, len));
   REQUIRE(h.is_object());
-  uint64_t max_end = 0;
-  int tensors = 0;
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;  // every entry, padding included
+  int tensors = 0, paddings = 0;
   for (auto it = h.begin(); it != h.end(); ++it) {
     if (it.key() == "__metadata__") {
       for (auto m = it.value().begin(); m != it.value().end(); ++m) CHECK(m.value().is_string());
       continue;
     }
-    tensors++;
     uint64_t b = it.value()["data_offsets"][0].get<uint64_t>();
     uint64_t e = it.value()["data_offsets"][1].get<uint64_t>();
-    CHECK(b % 64 == 0);
-    CHECK((8 + len + b) % 64 == 0);
-    max_end = std::max(max_end, e);
+    ranges.push_back({b, e});
+    if (it.key().rfind("__padding_", 0) == 0) {
+      paddings++;
+      CHECK(it.value()["dtype"] == "U8");
+      CHECK(it.value()["shape"] == nlohmann::json::array({e - b}));
+      CHECK(bytes.substr(8 + len + b, e - b) == std::string(e - b, '\0'));
+      continue;
+    }
+    tensors++;
+    if (e > b) CHECK((8 + len + b) % 64 == 0);
   }
   CHECK(tensors == 5);
-  CHECK(8 + len + max_end == bytes.size());
+  CHECK(paddings > 0);  // the sample has sizes that are not multiples of 64
+  std::sort(ranges.begin(), ranges.end());
+  uint64_t cursor = 0;
+  for (auto [b, e] : ranges) {
+    CHECK(b == cursor);
+    cursor = e;
+  }
+  CHECK(8 + len + cursor == bytes.size());
+
+  WeightsFile f(t.path);  // padding entries are not tensors
+  CHECK(f.entries().size() == 5);
+}
+
+TEST_CASE("weights: a padding entry of another dtype is refused") {
+  std::string data(64, '\0');
+  expect_format_error(craft(R"({"__padding_0__": {"dtype": "F32", "shape": [16], "data_offsets": [0, 64]}})", data),
+                      "a padding entry must have dtype U8");
 }
 
 TEST_CASE("weights: save refuses bad arguments and leaves no file") {
@@ -169,6 +191,7 @@ TEST_CASE("weights: save refuses bad arguments and leaves no file") {
   CHECK_THROWS_AS(st::weights::save(t.path, {{"a", Tensor::ones({1})}, {"a", Tensor::ones({1})}}, {}),
                   st::ArgumentError);
   CHECK_THROWS_AS(st::weights::save(t.path, {{"__metadata__", Tensor::ones({1})}}, {}), st::ArgumentError);
+  CHECK_THROWS_AS(st::weights::save(t.path, {{"__padding_0__", Tensor::ones({1})}}, {}), st::ArgumentError);
   CHECK_THROWS_AS(st::weights::save(t.path, {}, {{"format", "other"}}), st::ArgumentError);
   CHECK(!fs::exists(t.path));
   CHECK(!fs::exists(t.path + ".tmp"));
@@ -322,8 +345,8 @@ TEST_CASE("weights: a Python reader (struct + json + torch.frombuffer) agrees") 
       "n = struct.unpack('<Q', b[:8])[0]; h = json.loads(b[8:8 + n]); base = 8 + n\n"
       "assert base % 64 == 0\n"
       "for k in sorted(h):\n"
-      "  if k == '__metadata__': continue\n"
-      "  e = h[k]; s, t = e['data_offsets']; assert s % 64 == 0\n"
+      "  if k == '__metadata__' or k.startswith('__padding_'): continue\n"
+      "  e = h[k]; s, t = e['data_offsets']; assert t == s or s % 64 == 0\n"
       "  dt = {'F32': torch.float32, 'I32': torch.int32}[e['dtype']]\n"
       "  x = torch.frombuffer(bytearray(b[base + s:base + t]), dtype=dt) if t > s else torch.zeros(0, dtype=dt)\n"
       "  x = x.reshape(e['shape'])\n"

@@ -56,26 +56,29 @@ void save(const std::string& path, const std::vector<std::pair<std::string, Tens
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   header["__metadata__"] = meta;
 
+  // Tensors are laid out in order, each at a 64-byte-aligned offset. The
+  // safetensors library wants the tensors to tile the data region exactly, so
+  // every gap becomes a padding entry of zero bytes (U8) that readers skip.
   std::vector<Tensor> host;
-  std::vector<uint64_t> begins;
   std::set<std::string> names;
   uint64_t cursor = 0;
+  int paddings = 0;
   for (const auto& [name, t] : tensors) {
-    if (name.empty() || name == "__metadata__")
-      throw ArgumentError("weights::save: invalid tensor name '" + name + "'");
+    if (name.empty() || name.rfind("__", 0) == 0)
+      throw ArgumentError("weights::save: invalid tensor name '" + name + "' (empty, or starts with the reserved '__')");
     if (!names.insert(name).second) throw ArgumentError("weights::save: duplicate tensor name '" + name + "'");
     if (!t.defined()) throw ArgumentError("weights::save: tensor '" + name + "' is undefined");
     Tensor h = t.to(Device::CPU);
-    uint64_t bytes = h.nbytes();
-    uint64_t begin = bytes == 0 ? 0 : align_up(cursor);
-    if (bytes != 0) cursor = begin + bytes;
-    nlohmann::ordered_json e;
-    e["dtype"] = dtype_tag(h.dtype());
-    e["shape"] = h.shape();
-    e["data_offsets"] = {begin, begin + bytes};
-    header[name] = e;
+    const uint64_t bytes = h.nbytes();
+    if (bytes != 0 && cursor % kAlignment != 0) {
+      const uint64_t gap = align_up(cursor) - cursor;
+      header[std::string(kPaddingPrefix) + std::to_string(paddings++) + "__"] = {
+          {"dtype", "U8"}, {"shape", {gap}}, {"data_offsets", {cursor, cursor + gap}}};
+      cursor += gap;
+    }
+    header[name] = {{"dtype", dtype_tag(h.dtype())}, {"shape", h.shape()}, {"data_offsets", {cursor, cursor + bytes}}};
+    cursor += bytes;
     host.push_back(h);
-    begins.push_back(begin);
   }
 
   std::string text = header.dump();
@@ -91,14 +94,13 @@ void save(const std::string& path, const std::vector<std::pair<std::string, Tens
   if (!tmp.f) throw Error("weights: cannot create '" + tmp.path + "': " + std::strerror(errno));
   write_all(tmp, lenbytes, 8);
   write_all(tmp, text.data(), text.size());
-  uint64_t pos = 0;
+  uint64_t pos = 0;  // mirrors the layout loop above
   static const char zeros[kAlignment] = {};
-  for (size_t i = 0; i < host.size(); i++) {
-    uint64_t bytes = host[i].nbytes();
-    if (bytes == 0) continue;
-    write_all(tmp, zeros, begins[i] - pos);
-    write_all(tmp, host[i].raw_data(), bytes);
-    pos = begins[i] + bytes;
+  for (const Tensor& h : host) {
+    if (h.nbytes() == 0) continue;
+    write_all(tmp, zeros, align_up(pos) - pos);
+    write_all(tmp, h.raw_data(), h.nbytes());
+    pos = align_up(pos) + h.nbytes();
   }
   if (std::fflush(tmp.f) != 0 || ::fsync(::fileno(tmp.f)) != 0)
     throw Error("weights: cannot write '" + tmp.path + "': " + std::strerror(errno));
@@ -174,6 +176,7 @@ void WeightsFile::parse() {
   if (!h.is_object()) throw fail("header is not a JSON object");
 
   const uint64_t data_size = size_ - data_start_;
+  std::vector<Entry> paddings;  // checked for overlaps with the tensors, then forgotten
   for (auto it = h.begin(); it != h.end(); ++it) {
     const std::string& key = it.key();
     const nlohmann::json& v = it.value();
@@ -198,7 +201,10 @@ void WeightsFile::parse() {
     Entry e;
     e.name = key;
     const std::string dt = jd.get<std::string>();
-    if (dt == "F32") e.dtype = DType::F32;
+    const bool padding = key.rfind(kPaddingPrefix, 0) == 0;
+    if (padding && dt != "U8") throw fail(who + "a padding entry must have dtype U8, not '" + dt + "'");
+    if (padding) e.dtype = DType::F32;  // bytes only; checked below as a byte count
+    else if (dt == "F32") e.dtype = DType::F32;
     else if (dt == "I32") e.dtype = DType::I32;
     else throw fail(who + "unknown dtype '" + dt + "' (expected F32 or I32)");
     if (!js.is_array()) throw fail(who + "'shape' has the wrong type (" + js.type_name() + ", expected array)");
@@ -221,25 +227,34 @@ void WeightsFile::parse() {
     e.offset = begin;
     e.bytes = end - begin;
     uint64_t want = 0;
-    if (overflow || __builtin_mul_overflow(n, uint64_t(dtype_size(e.dtype)), &want) || want != e.bytes)
+    const uint64_t element_bytes = padding ? 1 : dtype_size(e.dtype);
+    if (overflow || __builtin_mul_overflow(n, element_bytes, &want) || want != e.bytes)
       throw fail(who + "byte size " + std::to_string(e.bytes) + " != numel * dtype size for shape " +
                  to_string(e.shape) + " " + dt);
     if (end > data_size)
       throw fail(who + "data range [" + std::to_string(begin) + ", " + std::to_string(end) +
                  ") passes the end of the file (data region is " + std::to_string(data_size) + " bytes)");
+    if (padding) {
+      paddings.push_back(std::move(e));
+      continue;
+    }
     entries_.push_back(std::move(e));
   }
 
-  std::stable_sort(entries_.begin(), entries_.end(), [](const Entry& a, const Entry& b) {
+  auto by_offset = [](const Entry& a, const Entry& b) {
     return a.offset != b.offset ? a.offset < b.offset : a.bytes < b.bytes;
-  });
+  };
+  std::vector<Entry> all = entries_;
+  all.insert(all.end(), paddings.begin(), paddings.end());
+  std::stable_sort(all.begin(), all.end(), by_offset);
   const Entry* last = nullptr;  // the non-empty entry reaching furthest so far
-  for (const Entry& e : entries_) {
+  for (const Entry& e : all) {
     if (e.bytes == 0) continue;
     if (last && e.offset < last->offset + last->bytes)
       throw fail("tensors '" + last->name + "' and '" + e.name + "' overlap");
     if (!last || e.offset + e.bytes > last->offset + last->bytes) last = &e;
   }
+  std::stable_sort(entries_.begin(), entries_.end(), by_offset);
   for (size_t i = 0; i < entries_.size(); i++) index_[entries_[i].name] = i;
 }
 

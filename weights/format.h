@@ -6,9 +6,11 @@
 // values (always "format": "smarttrim" and "format_version": "1"), and every
 // other key names a tensor: {"dtype": "F32"|"I32", "shape": [..],
 // "data_offsets": [begin, end]} with offsets relative to the data region.
-// The writer pads the header so the data region starts 64-byte aligned in
-// the file, and puts every tensor at a 64-byte-aligned offset (zero-byte
-// tensors sit at [0, 0]); gaps between tensors are zero bytes.
+// The writer pads the header with spaces so the data region starts 64-byte
+// aligned in the file, and puts every tensor at a 64-byte-aligned offset.
+// The safetensors library insists that the tensors tile the data region with
+// no gap, so each gap is itself an entry, "__padding_<k>__" of dtype U8,
+// which readers skip; the file ends where the last tensor ends.
 //
 // The reader checks every field, every range against the file size and
 // that no two tensors overlap before it reads any tensor data; anything
@@ -25,11 +27,12 @@
 namespace st::weights {
 
 constexpr uint64_t kAlignment = 64;
+constexpr const char* kPaddingPrefix = "__padding_";  // entries that only fill gaps
 constexpr uint64_t kMaxHeaderBytes = 100ull * 1000 * 1000;  // a longer header is taken as corruption
 
 // Writes path + ".tmp" and renames it onto path, so a failed write never
 // leaves a partial file at path. Names must be unique, non-empty and not
-// "__metadata__"; tensors may live on any device (they are copied to the host).
+// start with "__" (reserved for "__metadata__" and padding); tensors may live on any device (they are copied to the host).
 // metadata may not override "format" / "format_version" with other values.
 void save(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
           const std::map<std::string, std::string>& metadata);
