@@ -7,6 +7,7 @@
 
 #include "engine/error.h"
 #include "engine/gemm.h"
+#include "layers/meter.h"
 #include "weights/format.h"
 #ifdef SMARTTRIM_CUDA
 #include "cuda/runtime.h"
@@ -23,7 +24,8 @@ void print_usage(FILE* out) {
                "commands:\n"
                "  version    print the version\n"
                "  devices    list the CPU kernel and the GPUs this build can use\n"
-               "  inspect FILE  check a weights file; print its metadata and tensors\n"
+               "  inspect FILE  check a weights file (and, for a model, that its tensors fit\n"
+               "             its config); print its metadata and tensors\n"
                "  help       print this message\n");
 }
 
@@ -40,7 +42,15 @@ int devices() {
 }
 
 int inspect(const std::string& path) {
-  st::weights::WeightsFile f(path);  // validates everything; throws st::FormatError
+  st::weights::WeightsFile f(path);  // validates the format; throws st::FormatError
+  int64_t model_parameters = -1;
+  if (f.metadata().count("config")) {  // a model file: every tensor must be the one its config asks for
+    st::MeterConfig config = st::meter_config_of(f);
+    st::SkipInit skip;  // shapes only; nothing is computed with these parameters
+    st::Meter model(config);
+    model.check(f);
+    model_parameters = model.parameter_count();
+  }
   std::printf("file: %s\n", path.c_str());
   std::printf("metadata:\n");
   for (const auto& [k, v] : f.metadata()) std::printf("  %s: %s\n", k.c_str(), v.c_str());
@@ -52,6 +62,8 @@ int inspect(const std::string& path) {
     total += e.bytes;
   }
   std::printf("total: %zu tensors, %llu bytes\n", f.entries().size(), static_cast<unsigned long long>(total));
+  if (model_parameters >= 0)
+    std::printf("matches its config: METER, %lld parameters\n", static_cast<long long>(model_parameters));
   std::printf("ok\n");
   return 0;
 }

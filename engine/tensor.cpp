@@ -109,8 +109,14 @@ Tensor Tensor::uniform(const Shape& shape, Rng& rng, float low, float high) {
   return t;
 }
 
+static thread_local bool skip_init = false;
+SkipInit::SkipInit() : previous_(skip_init) { skip_init = true; }
+SkipInit::~SkipInit() { skip_init = previous_; }
+
 Tensor parameter(const Shape& shape, Rng& rng, float stddev) {
-  Tensor t = stddev == 0.0f ? Tensor::zeros(shape) : Tensor::randn(shape, rng, stddev);
+  Tensor t = skip_init ? Tensor::empty(shape)
+             : stddev == 0.0f ? Tensor::zeros(shape)
+                              : Tensor::randn(shape, rng, stddev);
   t.set_requires_grad(true);
   return t;
 }

@@ -104,8 +104,22 @@ struct TensorImpl {
   Tensor grad;
 };
 
-// A parameter: a leaf that requires gradients, with a name for checkpoints
-// and optimizer groups.
+// A parameter: a leaf that requires gradients, drawn from N(0, stddev^2)
+// (zeros when stddev is 0).
 Tensor parameter(const Shape& shape, Rng& rng, float stddev);
+
+// Inside this scope parameter() leaves values uninitialised and draws
+// nothing: for models whose weights are about to come from a file, so a
+// METER-base is not filled with 300M random numbers first. Per thread.
+class SkipInit {
+ public:
+  SkipInit();
+  ~SkipInit();
+  SkipInit(const SkipInit&) = delete;
+  SkipInit& operator=(const SkipInit&) = delete;
+
+ private:
+  bool previous_;
+};
 
 }  // namespace st

@@ -142,10 +142,10 @@ MeterConfig meter_config_of(const weights::WeightsFile& file) {
   return meter_config_from_json(it->second, "weights file '" + file.path() + "': config");
 }
 
-void Meter::load(const weights::WeightsFile& file) {
+void Meter::check(const weights::WeightsFile& file) const {
   std::vector<std::string> problems;
   std::set<std::string> expected;
-  for (auto& [name, tensor] : params_.list) {
+  for (const auto& [name, tensor] : params_.list) {
     expected.insert(name);
     if (!file.contains(name)) {
       problems.push_back("missing '" + name + "'");
@@ -167,7 +167,22 @@ void Meter::load(const weights::WeightsFile& file) {
     if (problems.size() > shown) msg += "; and " + std::to_string(problems.size() - shown) + " more";
     throw FormatError(msg);
   }
+}
+
+void Meter::load(const weights::WeightsFile& file) {
+  check(file);
   for (auto& [name, tensor] : params_.list) *tensor = file.get(name).set_requires_grad();
+}
+
+std::unique_ptr<Meter> Meter::from_file(const weights::WeightsFile& file) {
+  MeterConfig config = meter_config_of(file);
+  std::unique_ptr<Meter> model;
+  {
+    SkipInit skip;
+    model = std::make_unique<Meter>(config);
+  }
+  model->load(file);
+  return model;
 }
 
 void Meter::save(const std::string& path) const {

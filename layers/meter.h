@@ -10,6 +10,7 @@
 // Every parameter carries METER's own checkpoint name, so a file written by
 // weights/convert_meter.py loads without a mapping table.
 #pragma once
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -75,10 +76,12 @@ class Meter {
   Tensor nlvr2_forward(const Tensor& ids, const Tensor& mask, const Tensor& image1, const Tensor& image2,
                        const Context& ctx) const;
 
-  // Copy every parameter from a weights file. Names and shapes must match
-  // the config exactly: missing, unexpected and mis-shaped tensors are one
-  // FormatError that lists them.
-  void load(const weights::WeightsFile& file);
+  // Names and shapes in the file must match the config exactly: missing,
+  // unexpected and mis-shaped tensors are one FormatError that lists them.
+  void check(const weights::WeightsFile& file) const;
+  void load(const weights::WeightsFile& file);  // check, then copy every parameter
+  // A model built from a file's config and filled from it (no random init).
+  static std::unique_ptr<Meter> from_file(const weights::WeightsFile& file);
   // Writes every parameter and the config (metadata "config") atomically.
   void save(const std::string& path) const;
 

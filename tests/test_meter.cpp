@@ -2,12 +2,14 @@
 // PyTorch is in test_meter_torch.cpp.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 
 #include "engine/error.h"
 #include "layers/meter.h"
+#include "tests/support.h"
 #include "weights/format.h"
 
 using st::Tensor;
@@ -222,4 +224,32 @@ TEST_CASE("meter: the position table re-grids to a new image size") {
   const int64_t g = bigger / c.vit_patch_size;
   CHECK(f.image.dim(1) == g * g + 1);
   CHECK_THROWS_AS(model.set_image_size(bigger + 1), st::ArgumentError);
+}
+
+TEST_CASE("meter: smarttrim inspect checks a model file against its config") {
+  const std::string exe = st::testing::smarttrim_binary();
+  st::MeterConfig c = tiny();
+  st::Meter model(c, 1);
+  const std::string path = temp_path("inspect");
+  model.save(path);
+  auto [status, out] = st::testing::run_command(exe + " inspect " + path);
+  INFO(out);
+  CHECK(status == 0);
+  CHECK(out.find("matches its config: METER, " + std::to_string(model.parameter_count()) + " parameters") !=
+        std::string::npos);
+  CHECK(out.find("vit_model.visual.conv1.weight  F32  (48, 3, 8, 8)") != std::string::npos);
+
+  // the same tensors under a config with one more answer
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const auto& [name, t] : model.params().list) tensors.emplace_back(name, *t);
+  st::MeterConfig other = c;
+  other.vqa_answers += 1;
+  st::weights::save(path, tensors, {{"config", other.to_json()}});
+  st::testing::CommandResult bad = st::testing::run_command(exe + " inspect " + path);
+  INFO(bad.output);
+  CHECK(bad.status == 1);
+  CHECK(bad.output.find("does not fit the model config: 'vqa_classifier.3.weight' is F32(13, 128), the config wants "
+                        "F32(14, 128)") != std::string::npos);
+  CHECK(std::count(bad.output.begin(), bad.output.end(), '\n') == 1);
+  std::remove(path.c_str());
 }
