@@ -719,9 +719,14 @@ void gemm_run(const Problem& p, int nth) {
 
 }  // namespace
 
+static thread_local uint64_t flops_done = 0;
+uint64_t sgemm_flops() { return flops_done; }
+void sgemm_reset_flops() { flops_done = 0; }
+
 void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
            const float* A, int lda, const float* B, int ldb, float beta,
            float* C, int ldc) {
+  if (M > 0 && N > 0 && K > 0) flops_done += 2ull * uint64_t(M) * uint64_t(N) * uint64_t(K);
   const Problem p{trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb,
                   beta, C, ldc};
   gemm_run(p, threads_for(2.0 * M * N * K));
@@ -732,6 +737,7 @@ void sgemm_batched(bool trans_a, bool trans_b, int M, int N, int K,
                    const float* B, int ldb, int64_t stride_b, float beta,
                    float* C, int ldc, int64_t stride_c, int batch) {
   if (batch <= 0 || M <= 0 || N <= 0) return;
+  if (K > 0) flops_done += 2ull * uint64_t(M) * uint64_t(N) * uint64_t(K) * uint64_t(batch);
   auto entry = [&](int i) {
     return Problem{trans_a, trans_b, M, N, K, alpha, A + i * stride_a, lda,
                    B + i * stride_b, ldb, beta, C + i * stride_c, ldc};

@@ -29,6 +29,11 @@ void sgemm_batched(bool trans_a, bool trans_b, int M, int N, int K,
                    float beta, float* C, int ldc, int64_t stride_c,
                    int batch);
 
+// Multiply-add FLOPs (2 M N K per product) executed by sgemm and
+// sgemm_batched since the last reset, for benchmarks' GFLOP/s. Per thread.
+uint64_t sgemm_flops();
+void sgemm_reset_flops();
+
 // Name of the micro-kernel the dispatcher picked ("avx512", "avx2", "generic").
 const char* sgemm_kernel_name();
 
