@@ -8,6 +8,8 @@
 #include <fstream>
 
 #include "engine/error.h"
+#include "engine/memory.h"
+#include "engine/optim.h"
 #include "layers/meter.h"
 #include "tests/support.h"
 #include "weights/format.h"
@@ -252,4 +254,27 @@ TEST_CASE("meter: smarttrim inspect checks a model file against its config") {
                         "F32(14, 128)") != std::string::npos);
   CHECK(std::count(bad.output.begin(), bad.output.end(), '\n') == 1);
   std::remove(path.c_str());
+}
+
+TEST_CASE("meter: a repeated training step makes no system allocations") {
+  st::MeterConfig c = tiny();
+  st::Meter model(c, 2);
+  Batch b = make_batch(c, 3);
+  std::vector<std::pair<std::string, Tensor>> named;
+  for (const auto& [name, t] : model.params().list) named.emplace_back(name, *t);
+  st::AdamW opt(st::decay_groups(named, 1e-4f, 0.01f));
+  Tensor targets = Tensor::full({3, c.vqa_answers}, 0.2f);
+  st::Rng rng(1);
+  st::Context train{true, &rng};
+  auto step = [&] {
+    st::MeterFeatures f = model.forward(b.ids, b.mask, b.image, train);
+    st::vqa_loss(model.vqa_logits(f.cls), targets).backward();
+    opt.step();
+    opt.zero_grad();
+  };
+  step();
+  step();
+  const uint64_t before = st::memory::host_stats().system_allocs;
+  step();
+  CHECK(st::memory::host_stats().system_allocs == before);
 }
