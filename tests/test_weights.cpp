@@ -400,3 +400,19 @@ TEST_CASE("weights: smarttrim inspect") {
   CHECK(no_file.status == 2);
   CHECK(no_file.output.find("usage") != std::string::npos);
 }
+
+TEST_CASE("weights: a file we write passes the safetensors library's rules (weights/stformat.py --check)") {
+  TempPath t;
+  st::weights::save(t.path, sample_tensors(), {{"note", "x"}});
+  auto [status, out] = st::testing::run_command(st::testing::python_interpreter() + " weights/stformat.py --check " + t.path);
+  INFO(out);
+  CHECK(status == 0);
+  CHECK(out.find("ok: 5 tensors") != std::string::npos);
+
+  // and the checker is not a rubber stamp: a gap between two tensors breaks the tiling rule
+  std::string data(128, '\0');
+  write_bytes(t.path, craft(R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},)"
+                            R"( "b": {"dtype": "F32", "shape": [1], "data_offsets": [64, 68]}})",
+                            data.substr(0, 68)));
+  CHECK(st::testing::run_command(st::testing::python_interpreter() + " weights/stformat.py --check " + t.path).status == 1);
+}
