@@ -2,9 +2,13 @@
 // one METER-base forward at batch 1, with time, GEMM GFLOP/s (the FLOPs the
 // matrix products actually executed, counted by the GEMM itself) and the
 // system allocations made during the timed runs (the caching allocator
-// should make that 0).
+// should make that 0). Then PyTorch runs the same two on the same shapes
+// (bench/torch_meter_bench.py, with as many threads as OpenMP gives us) and
+// the ratio is printed. Dropout is off in both, so both do the same work.
 //
-//   build/bench_meter [--json FILE] [--reps N]
+//   build/bench_meter [--json FILE] [--reps N] [--no-torch]
+#include <omp.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -24,10 +28,12 @@ namespace {
 using st::Tensor;
 
 struct Result {
+  std::string key;    // shared with the PyTorch side's output
   std::string label;
-  double seconds;  // median
-  double gflop;    // per run
+  double seconds;     // median
+  double gflop;       // per run
   uint64_t system_allocs;
+  double torch_seconds = 0;  // 0: not measured
 };
 
 double now_s() {
@@ -35,7 +41,7 @@ double now_s() {
 }
 
 // Two warm-up runs (the allocator's cache fills), then `reps` timed ones.
-Result measure(const std::string& label, int reps, const std::function<void()>& run) {
+Result measure(const std::string& key, const std::string& label, int reps, const std::function<void()>& run) {
   run();
   run();
   std::vector<double> times;
@@ -48,7 +54,7 @@ Result measure(const std::string& label, int reps, const std::function<void()>& 
   }
   double gflop = double(st::sgemm_flops()) / reps / 1e9;
   std::sort(times.begin(), times.end());
-  return {label, times[times.size() / 2], gflop, st::memory::host_stats().system_allocs - allocs_before};
+  return {key, label, times[times.size() / 2], gflop, st::memory::host_stats().system_allocs - allocs_before};
 }
 
 struct Inputs {
@@ -70,11 +76,13 @@ Inputs make_inputs(const st::MeterConfig& c, int batch, int text_len, uint64_t s
 int main(int argc, char** argv) {
   std::string json;
   int reps = 5;
+  bool with_torch = true;
   for (int i = 1; i < argc; i++) {
     if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
     else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::max(1, std::atoi(argv[++i]));
+    else if (!std::strcmp(argv[i], "--no-torch")) with_torch = false;
     else {
-      std::fprintf(stderr, "usage: bench_meter [--json FILE] [--reps N]\n");
+      std::fprintf(stderr, "usage: bench_meter [--json FILE] [--reps N] [--no-torch]\n");
       return 2;
     }
   }
@@ -90,11 +98,11 @@ int main(int argc, char** argv) {
       for (const auto& [name, t] : named) params.push_back(t);
       Inputs in = make_inputs(c, 32, 16, 2);
       Tensor targets = Tensor::full({32, c.vqa_answers}, 0.1f);
-      st::Rng rng(3);
-      st::Context train{true, &rng};
-      results.push_back(measure("meter-tiny train step, batch 32, text 16, image " + std::to_string(c.vit_image_size),
+      st::Context no_dropout;
+      results.push_back(measure("meter-tiny train step",
+                                "meter-tiny train step, batch 32, text 16, image " + std::to_string(c.vit_image_size),
                                 reps, [&] {
-                                  st::MeterFeatures f = model.forward(in.ids, in.mask, in.image, train);
+                                  st::MeterFeatures f = model.forward(in.ids, in.mask, in.image, no_dropout);
                                   Tensor loss = st::vqa_loss(model.vqa_logits(f.cls), targets);
                                   loss.backward();
                                   st::clip_grad_norm(params, 1.0f);
@@ -107,7 +115,8 @@ int main(int argc, char** argv) {
       st::Meter model(c, 1);
       Inputs in = make_inputs(c, 1, 40, 4);
       st::Context eval;
-      results.push_back(measure("meter-base forward, batch 1, text 40, image " + std::to_string(c.vit_image_size),
+      results.push_back(measure("meter-base forward",
+                                "meter-base forward, batch 1, text 40, image " + std::to_string(c.vit_image_size),
                                 reps, [&] {
                                   st::NoGrad no_grad;
                                   st::MeterFeatures f = model.forward(in.ids, in.mask, in.image, eval);
@@ -119,10 +128,32 @@ int main(int argc, char** argv) {
     return 1;
   }
 
-  std::printf("%-58s %10s %10s %9s %14s\n", "run", "ms", "GFLOP", "GFLOP/s", "system allocs");
-  for (const Result& r : results)
-    std::printf("%-58s %10.1f %10.2f %9.1f %14llu\n", r.label.c_str(), r.seconds * 1e3, r.gflop,
-                r.gflop / r.seconds, static_cast<unsigned long long>(r.system_allocs));
+  if (with_torch) {
+    const std::string cmd = "/usr/bin/python3 bench/torch_meter_bench.py " + std::to_string(reps) + " " +
+                            std::to_string(omp_get_max_threads());
+    FILE* pipe = ::popen(cmd.c_str(), "r");
+    char line[512];
+    while (pipe && std::fgets(line, sizeof line, pipe)) {
+      double ms = 0;
+      int used = 0;
+      if (std::sscanf(line, "%lf %n", &ms, &used) != 1) continue;
+      std::string key(line + used);
+      while (!key.empty() && (key.back() == '\n' || key.back() == ' ')) key.pop_back();
+      for (Result& r : results)
+        if (r.key == key) r.torch_seconds = ms / 1e3;
+    }
+    if (!pipe || ::pclose(pipe) != 0) std::fprintf(stderr, "bench_meter: the PyTorch side failed (%s)\n", cmd.c_str());
+  }
+
+  std::printf("%d threads, median of %d runs\n", omp_get_max_threads(), reps);
+  std::printf("%-52s %9s %8s %8s %7s %10s %7s\n", "run", "ours ms", "GFLOP", "GFLOP/s", "allocs", "torch ms",
+              "ratio");
+  for (const Result& r : results) {
+    std::printf("%-52s %9.1f %8.2f %8.1f %7llu", r.label.c_str(), r.seconds * 1e3, r.gflop, r.gflop / r.seconds,
+                static_cast<unsigned long long>(r.system_allocs));
+    if (r.torch_seconds > 0) std::printf(" %10.1f %6.2fx\n", r.torch_seconds * 1e3, r.torch_seconds / r.seconds);
+    else std::printf(" %10s %7s\n", "-", "-");
+  }
   if (!json.empty()) {
     FILE* f = std::fopen(json.c_str(), "w");
     if (!f) {
@@ -131,9 +162,12 @@ int main(int argc, char** argv) {
     }
     std::fprintf(f, "[\n");
     for (size_t i = 0; i < results.size(); i++)
-      std::fprintf(f, "  {\"run\": \"%s\", \"seconds\": %.6f, \"gflop\": %.4f, \"system_allocs\": %llu}%s\n",
+      std::fprintf(f,
+                   "  {\"run\": \"%s\", \"seconds\": %.6f, \"gflop\": %.4f, \"system_allocs\": %llu, "
+                   "\"torch_seconds\": %.6f}%s\n",
                    results[i].label.c_str(), results[i].seconds, results[i].gflop,
-                   static_cast<unsigned long long>(results[i].system_allocs), i + 1 < results.size() ? "," : "");
+                   static_cast<unsigned long long>(results[i].system_allocs), results[i].torch_seconds,
+                   i + 1 < results.size() ? "," : "");
     std::fprintf(f, "]\n");
     std::fclose(f);
   }
