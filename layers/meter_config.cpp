@@ -153,10 +153,4 @@ MeterConfig load_meter_config(const std::string& path) {
   return meter_config_from_json(ss.str(), "config '" + path + "'");
 }
 
-MeterConfig find_meter_config(const std::string& name_or_path) {
-  if (name_or_path.find('/') != std::string::npos || name_or_path.find(".json") != std::string::npos)
-    return load_meter_config(name_or_path);
-  return load_meter_config("configs/" + name_or_path + ".json");
-}
-
 }  // namespace st

@@ -56,7 +56,5 @@ struct MeterConfig {
 // ("config 'configs/meter-tiny.json'"). Throws FormatError.
 MeterConfig meter_config_from_json(const std::string& text, const std::string& where);
 MeterConfig load_meter_config(const std::string& path);
-// A name from configs/ ("meter-tiny") or a path to a .json file.
-MeterConfig find_meter_config(const std::string& name_or_path);
 
 }  // namespace st
