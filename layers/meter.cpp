@@ -1,6 +1,7 @@
 #include "layers/meter.h"
 
 #include <algorithm>
+#include <cstring>
 #include <set>
 
 #include "engine/error.h"
@@ -171,7 +172,11 @@ void Meter::check(const weights::WeightsFile& file) const {
 
 void Meter::load(const weights::WeightsFile& file) {
   check(file);
-  for (auto& [name, tensor] : params_.list) *tensor = file.get(name).set_requires_grad();
+  // Copied into the existing buffers, so an optimizer holding these parameters stays valid.
+  for (auto& [name, tensor] : params_.list) {
+    Tensor values = file.get(name);
+    std::memcpy(tensor->raw_data(), values.raw_data(), values.nbytes());
+  }
 }
 
 std::unique_ptr<Meter> Meter::from_file(const weights::WeightsFile& file) {

@@ -51,6 +51,7 @@ class Meter {
   int64_t parameter_count() const;
   int image_size() const { return vit_.image_size(); }
   // Fit the position table to another image size (bicubic, as METER does).
+  // It becomes a new tensor: do this before handing the parameters to an optimizer.
   void set_image_size(int size) {
     vit_.resize_positions(size);
     config_.vit_image_size = size;
