@@ -52,6 +52,7 @@ Tensor operator+(const Tensor& x, float s);
 Tensor operator-(const Tensor& x, float s);
 Tensor operator*(const Tensor& x, float s);
 Tensor operator*(float s, const Tensor& x);
+Tensor operator-(float s, const Tensor& x);  // s - x, e.g. 1 - mask
 Tensor operator-(const Tensor& x);
 
 // --- element-wise, unary ----------------------------------------------------

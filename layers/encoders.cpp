@@ -6,6 +6,10 @@
 
 namespace st {
 
+namespace {
+void check_image(const Tensor& image, int size);
+}
+
 ClipVit::ClipVit(const MeterConfig& c, Rng& rng)
     : patch(c.vit_patch_size),
       conv1_weight(parameter({c.vit_width, 3, c.vit_patch_size, c.vit_patch_size}, rng, 0.02f)),
@@ -34,16 +38,28 @@ void ClipVit::resize_positions(int size) {
   positional_embedding = concat({rows[0], reshape(grid, {g2 * g2, w})}, 0).clone().set_requires_grad();
 }
 
-Tensor ClipVit::forward(const Tensor& image, const Context& ctx) const {
-  if (image.rank() != 4 || image.dim(1) != 3 || image.dim(2) != image_size() || image.dim(3) != image_size())
-    throw ShapeError("image encoder: expects images (B, 3, " + std::to_string(image_size()) + ", " +
-                     std::to_string(image_size()) + "), got " + to_string(image.shape()) +
-                     " (resize the position table for another size)");
-  const int64_t batch = image.dim(0), w = conv1_weight.dim(0);
-  Tensor patches = patch_embed(image, conv1_weight);                                 // (B, G*G, W)
+namespace {
+void check_image(const Tensor& image, int size) {
+  if (image.rank() != 4 || image.dim(1) != 3 || image.dim(2) != size || image.dim(3) != size)
+    throw ShapeError("image encoder: expects images (B, 3, " + std::to_string(size) + ", " + std::to_string(size) +
+                     "), got " + to_string(image.shape()) + " (resize the position table for another size)");
+}
+}  // namespace
+
+Tensor ClipVit::patches(const Tensor& image) const {
+  check_image(image, image_size());
+  return patch_embed(image, conv1_weight);  // (B, G*G, W)
+}
+
+Tensor ClipVit::embed(const Tensor& patch_tokens) const {
+  const int64_t batch = patch_tokens.dim(0), w = conv1_weight.dim(0);
   Tensor cls = Tensor::zeros({batch, 1, w}) + reshape(class_embedding, {1, 1, w});  // (B, 1, W)
-  Tensor x = concat({cls, patches}, 1) + positional_embedding;                       // (B, 1+G*G, W)
-  x = ln_pre.forward(x);
+  Tensor x = concat({cls, patch_tokens}, 1) + positional_embedding;                 // (B, 1+G*G, W)
+  return ln_pre.forward(x);
+}
+
+Tensor ClipVit::forward(const Tensor& image, const Context& ctx) const {
+  Tensor x = embed(patches(image));
   for (const ViTBlock& b : blocks) x = b.forward(x, Tensor(), ctx);
   return ln_post.forward(x);
 }
@@ -82,17 +98,21 @@ Tensor roberta_position_ids(const Tensor& ids, int pad) {
   return pos.to(ids.device());
 }
 
-Tensor RobertaText::forward(const Tensor& ids, const Tensor& mask, const Context& ctx) const {
-  if (ids.rank() != 2 || mask.shape() != ids.shape())
-    throw ShapeError("text encoder: expects ids (B, T) and mask (B, T), got " + to_string(ids.shape()) + " and " +
-                     to_string(mask.shape()));
+Tensor RobertaText::embed(const Tensor& ids, const Context& ctx) const {
   Tensor pos = roberta_position_ids(ids, pad_token_id);
   if (ids.dim(1) + pad_token_id >= position.weight.dim(0))
     throw ShapeError("text encoder: " + std::to_string(ids.dim(1)) + " tokens need more than the " +
                      std::to_string(position.weight.dim(0)) + " position embeddings");
   Tensor types = Tensor::zeros(ids.shape(), DType::I32, ids.device());
   Tensor x = word.forward(ids) + position.forward(pos) + token_type.forward(types);  // (B, T, Tw)
-  x = ctx.drop(norm.forward(x), dropout);
+  return ctx.drop(norm.forward(x), dropout);
+}
+
+Tensor RobertaText::forward(const Tensor& ids, const Tensor& mask, const Context& ctx) const {
+  if (ids.rank() != 2 || mask.shape() != ids.shape())
+    throw ShapeError("text encoder: expects ids (B, T) and mask (B, T), got " + to_string(ids.shape()) + " and " +
+                     to_string(mask.shape()));
+  Tensor x = embed(ids, ctx);
   for (const BertLayer& layer : layers) x = layer.forward(x, mask, ctx);
   return x;
 }

@@ -27,6 +27,8 @@ struct ClipVit {
   void resize_positions(int image_size);
   // image (B, 3, S, S) with S == image_size() -> (B, 1 + G*G, W)
   Tensor forward(const Tensor& image, const Context& ctx) const;
+  Tensor patches(const Tensor& image) const;     // (B, G*G, W): the patch embedding alone
+  Tensor embed(const Tensor& patches) const;     // -> (B, 1 + G*G, W): class token, positions, ln_pre
   void name(NamedParams& p, const std::string& prefix);
 };
 
@@ -44,6 +46,7 @@ struct RobertaText {
   RobertaText(const MeterConfig& c, Rng& rng);
   // ids i32 (B, T), mask (B, T) 1 for real tokens -> (B, T, T_width)
   Tensor forward(const Tensor& ids, const Tensor& mask, const Context& ctx) const;
+  Tensor embed(const Tensor& ids, const Context& ctx) const;  // the embeddings, before the layers
   void name(NamedParams& p, const std::string& prefix);
 };
 

@@ -37,6 +37,22 @@ Meter::Meter(const MeterConfig& c, uint64_t seed) : config_(c) {
   if (c.snli) snli_ = Classifier(2 * d, 2 * d, 3, c.head_layer_norm_eps, rng);
   if (c.itm) itm_ = Linear(2 * d, 2, rng);
   if (c.rank) rank_ = Linear(2 * d, 1, rng);
+  if (c.trim.enabled) {
+    const TrimConfig& t = c.trim;
+    const bool g = t.cross_modal_guidance;
+    const int w = c.vit_width, tw = c.text_width, div = t.width_divisor;
+    // the cross-modal summary c: the text's first token for the ViT, the image's
+    // mean patch embedding for the text encoder, the other stream's first token in fusion
+    for (size_t i = 0; i < t.vit_token_layers.size(); i++) vit_token_trimmers_.emplace_back(w, tw, w / div, g, rng);
+    for (size_t i = 0; i < t.text_token_layers.size(); i++) text_token_trimmers_.emplace_back(tw, w, tw / div, g, rng);
+    for (size_t i = 0; i < t.cross_token_layers.size(); i++) {
+      cross_text_token_trimmers_.emplace_back(d, d, d / div, g, rng);
+      cross_image_token_trimmers_.emplace_back(d, d, d / div, g, rng);
+    }
+    for (size_t i = 0; i < t.cross_head_layers.size(); i++)
+      cross_head_trimmers_.push_back({HeadTrimmer(d, d / div, c.num_heads, rng), HeadTrimmer(2 * d, d / div, c.num_heads, rng),
+                                      HeadTrimmer(d, d / div, c.num_heads, rng), HeadTrimmer(2 * d, d / div, c.num_heads, rng)});
+  }
 
   // METER's checkpoint names, in the order of its state_dict.
   NamedParams& p = params_;
@@ -54,6 +70,23 @@ Meter::Meter(const MeterConfig& c, uint64_t seed) : config_(c) {
   if (c.nlvr2) nlvr2_.name(p, "nlvr2_classifier");
   if (c.snli) snli_.name(p, "snli_classifier");
   if (c.rank) rank_.name(p, "rank_output");
+  if (c.trim.enabled) {
+    const TrimConfig& t = c.trim;
+    auto site = [](const char* kind, int layer) { return std::string("smarttrim.") + kind + "." + std::to_string(layer); };
+    for (size_t i = 0; i < t.vit_token_layers.size(); i++) vit_token_trimmers_[i].name(p, site("vit_tokens", t.vit_token_layers[i]));
+    for (size_t i = 0; i < t.text_token_layers.size(); i++) text_token_trimmers_[i].name(p, site("text_tokens", t.text_token_layers[i]));
+    for (size_t i = 0; i < t.cross_token_layers.size(); i++) {
+      cross_text_token_trimmers_[i].name(p, site("cross_text_tokens", t.cross_token_layers[i]));
+      cross_image_token_trimmers_[i].name(p, site("cross_image_tokens", t.cross_token_layers[i]));
+    }
+    for (size_t i = 0; i < t.cross_head_layers.size(); i++) {
+      const int l = t.cross_head_layers[i];
+      cross_head_trimmers_[i].text_self.name(p, site("cross_text_self_heads", l));
+      cross_head_trimmers_[i].text_cross.name(p, site("cross_text_cross_heads", l));
+      cross_head_trimmers_[i].image_self.name(p, site("cross_image_self_heads", l));
+      cross_head_trimmers_[i].image_cross.name(p, site("cross_image_cross_heads", l));
+    }
+  }
 }
 
 int64_t Meter::parameter_count() const {
@@ -87,11 +120,14 @@ MeterFeatures Meter::fuse(const Tensor& text, const Tensor& text_mask, const Ten
     t = t_next, v = v_next;  // both read the previous layer's outputs
   }
   Tensor cls = concat({tanh(text_pooler_.forward(first_token(t))), tanh(image_pooler_.forward(first_token(v)))}, -1);
-  return {t, v, cls};
+  MeterFeatures out;
+  out.text = t, out.image = v, out.cls = cls;
+  return out;
 }
 
 MeterFeatures Meter::forward(const Tensor& ids, const Tensor& mask, const Tensor& image, const Context& ctx,
-                             int image_type) const {
+                             int image_type, const TrimOptions* trim) const {
+  if (config_.trim.enabled && trim && trim->active) return forward_trimmed(ids, mask, image, ctx, image_type, *trim);
   return fuse(encode_text(ids, mask, ctx), mask, encode_image(image, ctx), image_type, ctx);
 }
 
@@ -123,10 +159,9 @@ Tensor Meter::nlvr2_logits(const Tensor& cls1, const Tensor& cls2) const {
 }
 
 Tensor Meter::nlvr2_forward(const Tensor& ids, const Tensor& mask, const Tensor& image1, const Tensor& image2,
-                            const Context& ctx) const {
-  Tensor text = encode_text(ids, mask, ctx);
-  MeterFeatures a = fuse(text, mask, encode_image(image1, ctx), 1, ctx);
-  MeterFeatures b = fuse(text, mask, encode_image(image2, ctx), 2, ctx);
+                            const Context& ctx, const TrimOptions* trim) const {
+  MeterFeatures a = forward(ids, mask, image1, ctx, 1, trim);
+  MeterFeatures b = forward(ids, mask, image2, ctx, 2, trim);
   return nlvr2_logits(a.cls, b.cls);
 }
 

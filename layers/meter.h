@@ -16,6 +16,9 @@
 
 #include "layers/encoders.h"
 #include "layers/meter_config.h"
+#include "pruning/cost.h"
+#include "pruning/head_trimmer.h"
+#include "pruning/token_trimmer.h"
 
 namespace st {
 namespace weights {
@@ -33,11 +36,27 @@ struct Classifier {
   void name(NamedParams& p, const std::string& prefix);
 };
 
+// How the trimmers run in a forward pass (SMARTTRIM.md section 5).
+struct TrimOptions {
+  bool active = true;          // false: full capacity (the self-distillation teacher), no trimmer runs
+  Rng* noise = nullptr;        // Gumbel noise for training; nullptr: deterministic, keep iff logit > threshold
+  float token_threshold = 0;   // theta for tokens
+  float head_threshold = 0;    // theta for heads
+};
+
 // The co-attention encoder's outputs for one (image, text) pair.
 struct MeterFeatures {
   Tensor text;   // (B, T, d)
   Tensor image;  // (B, N, d)
   Tensor cls;    // (B, 2d): pooled text ; pooled image
+  // With active trimmers: what each example kept, layer by layer.
+  bool trimmed = false;
+  PassCounts<Tensor> counts;          // (B,) each; differentiable through the masks
+  Tensor text_keep, image_keep;       // (B, T), (B, N): the masks after the last trimmer
+  std::vector<Tensor> image_keep_at;  // (B, N): entering each ViT block, then each co-attention layer
+  std::vector<Tensor> text_keep_at;   // (B, T): entering each text layer, then each co-attention layer
+  std::vector<Tensor> head_keep_at;   // (B, H) per co-attention layer with head trimmers: text MSA, text MCA,
+                                      // image MSA, image MCA
 };
 
 class Meter {
@@ -47,7 +66,7 @@ class Meter {
   Meter& operator=(const Meter&) = delete;
 
   const MeterConfig& config() const { return config_; }
-  const NamedParams& params() const { return params_; }
+  const NamedParams& params() const { return params_; }  // trimmers' names start with "smarttrim."
   int64_t parameter_count() const;
   int image_size() const { return vit_.image_size(); }
   // Fit the position table to another image size (bicubic, as METER does).
@@ -63,9 +82,11 @@ class Meter {
   // Token types, co-attention layers and poolers. text (B, T, d) with mask (B, T); image (B, N, d).
   MeterFeatures fuse(const Tensor& text, const Tensor& text_mask, const Tensor& image, int image_type,
                      const Context& ctx) const;
-  // All of it: ids i32 (B, T), mask (B, T) 0/1, image (B, 3, S, S).
+  // All of it: ids i32 (B, T), mask (B, T) 0/1, image (B, 3, S, S). With a
+  // config that has trimmers and trim->active, the masked SmartTrim pass
+  // (pruning/masked_forward.cpp); otherwise plain METER.
   MeterFeatures forward(const Tensor& ids, const Tensor& mask, const Tensor& image, const Context& ctx,
-                        int image_type = 1) const;
+                        int image_type = 1, const TrimOptions* trim = nullptr) const;
 
   // Heads: cls (B, 2d) -> logits. Each throws ArgumentError when the config has no such head.
   Tensor vqa_logits(const Tensor& cls) const;    // (B, answers)
@@ -73,9 +94,9 @@ class Meter {
   Tensor itm_logits(const Tensor& cls) const;    // (B, 2)
   Tensor rank_logits(const Tensor& cls) const;   // (B, 1)
   Tensor nlvr2_logits(const Tensor& cls_image1, const Tensor& cls_image2) const;  // (B, 2)
-  // NLVR2's two passes share the text encoding: (image1, type 1) and (image2, type 2).
+  // NLVR2's two passes, (image1, type 1) and (image2, type 2), then the head.
   Tensor nlvr2_forward(const Tensor& ids, const Tensor& mask, const Tensor& image1, const Tensor& image2,
-                       const Context& ctx) const;
+                       const Context& ctx, const TrimOptions* trim = nullptr) const;
 
   // Names and shapes in the file must match the config exactly: missing,
   // unexpected and mis-shaped tensors are one FormatError that lists them.
@@ -87,6 +108,10 @@ class Meter {
   void save(const std::string& path) const;
 
  private:
+  MeterFeatures forward_trimmed(const Tensor& ids, const Tensor& mask, const Tensor& image, const Context& ctx,
+                                int image_type, const TrimOptions& trim) const;
+  friend class PackedMeter;  // the inference path reads the same weights
+
   MeterConfig config_;
   ClipVit vit_;
   RobertaText text_;
@@ -96,6 +121,13 @@ class Meter {
   Linear text_pooler_, image_pooler_;
   Classifier vqa_, nlvr2_, snli_;
   Linear itm_, rank_;
+  // SmartTrim's trimmers, one per site of config_.trim's lists (empty without trimmers).
+  std::vector<TokenTrimmer> vit_token_trimmers_, text_token_trimmers_;
+  std::vector<TokenTrimmer> cross_text_token_trimmers_, cross_image_token_trimmers_;
+  struct CrossHeadTrimmers {
+    HeadTrimmer text_self, text_cross, image_self, image_cross;
+  };
+  std::vector<CrossHeadTrimmers> cross_head_trimmers_;
   NamedParams params_;
 };
 

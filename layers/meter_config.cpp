@@ -1,5 +1,6 @@
 #include "layers/meter_config.h"
 
+#include <algorithm>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -116,12 +117,62 @@ void check(const MeterConfig& c, const std::string& where) {
   if (c.dropout >= 1) fail("'dropout' must be below 1");
 }
 
+TrimConfig read_trim(const nlohmann::json& j, const MeterConfig& c, const std::string& where_) {
+  const std::string where = where_ + ": smarttrim";
+  auto fail = [&](const std::string& what) { throw FormatError(where + ": " + what); };
+  if (!j.is_object()) fail("must be an object");
+  static const char* keys[] = {"vit_token_layers", "text_token_layers", "cross_token_layers", "cross_head_layers",
+                               "width_divisor",    "cross_modal_guidance", "tau"};
+  for (auto it = j.begin(); it != j.end(); ++it)
+    if (std::find(std::begin(keys), std::end(keys), it.key()) == std::end(keys)) fail("unknown key '" + it.key() + "'");
+  for (const char* k : keys)
+    if (!j.contains(k)) fail(std::string("missing key '") + k + "'");
+  TrimConfig t;
+  t.enabled = true;
+  auto layers = [&](const char* key, int count) {
+    const nlohmann::json& v = j[key];
+    if (!v.is_array()) fail(std::string("'") + key + "' must be an array of layer indices");
+    std::vector<int> out;
+    for (const auto& e : v) {
+      if (!e.is_number_integer() || e.get<int64_t>() < 0 || e.get<int64_t>() >= count)
+        fail(std::string("'") + key + "' holds " + e.dump() + ", not a layer index in [0, " + std::to_string(count) + ")");
+      if (!out.empty() && e.get<int>() <= out.back()) fail(std::string("'") + key + "' must be strictly increasing");
+      out.push_back(e.get<int>());
+    }
+    return out;
+  };
+  t.vit_token_layers = layers("vit_token_layers", c.vit_layers);
+  t.text_token_layers = layers("text_token_layers", c.text_layers);
+  t.cross_token_layers = layers("cross_token_layers", c.num_cross_layers);
+  t.cross_head_layers = layers("cross_head_layers", c.num_cross_layers);
+  if (!j["width_divisor"].is_number_integer() || j["width_divisor"].get<int>() <= 0) fail("'width_divisor' must be a positive integer");
+  t.width_divisor = j["width_divisor"].get<int>();
+  for (int width : {c.hidden_size, c.vit_width, c.text_width})
+    if (width < t.width_divisor) fail("'width_divisor' leaves a trimmer with no width");
+  if (!j["cross_modal_guidance"].is_boolean()) fail("'cross_modal_guidance' must be true or false");
+  t.cross_modal_guidance = j["cross_modal_guidance"].get<bool>();
+  if (!j["tau"].is_number() || j["tau"].get<double>() <= 0) fail("'tau' must be a positive number");
+  t.tau = j["tau"].get<float>();
+  return t;
+}
+
 }  // namespace
 
 std::string MeterConfig::to_json() const {
   nlohmann::ordered_json j;
   j["architecture"] = "meter";
   for (const Field& f : fields()) j[f.key] = f.write(*this);
+  if (trim.enabled) {
+    nlohmann::ordered_json t;
+    t["vit_token_layers"] = trim.vit_token_layers;
+    t["text_token_layers"] = trim.text_token_layers;
+    t["cross_token_layers"] = trim.cross_token_layers;
+    t["cross_head_layers"] = trim.cross_head_layers;
+    t["width_divisor"] = trim.width_divisor;
+    t["cross_modal_guidance"] = trim.cross_modal_guidance;
+    t["tau"] = trim.tau;
+    j["smarttrim"] = t;
+  }
   return j.dump(2);
 }
 
@@ -135,13 +186,14 @@ MeterConfig meter_config_from_json(const std::string& text, const std::string& w
   std::map<std::string, const Field*> by_key;
   for (const Field& f : fields()) by_key[f.key] = &f;
   for (auto it = j.begin(); it != j.end(); ++it)
-    if (it.key() != "architecture" && !by_key.count(it.key()))
+    if (it.key() != "architecture" && it.key() != "smarttrim" && !by_key.count(it.key()))
       throw FormatError(where + ": unknown key '" + it.key() + "'");
   for (const Field& f : fields()) {
     if (!j.contains(f.key)) throw FormatError(where + ": missing key '" + f.key + "'");
     f.read(c, j[f.key], where);
   }
   check(c, where);
+  if (j.contains("smarttrim")) c.trim = read_trim(j["smarttrim"], c, where);
   return c;
 }
 

@@ -1,9 +1,12 @@
 // The METER model's sizes, read from a config file (configs/meter-*.json) or
 // from the "config" entry of a weights file's metadata. One flat JSON object;
 // every key below is required and no other key is allowed, so a typo is an
-// error instead of a silent default.
+// error instead of a silent default. The optional object "smarttrim" places
+// the trimmers (pruning/trim_config.h); every one of its keys is required too.
 #pragma once
 #include <string>
+
+#include "pruning/trim_config.h"
 
 namespace st {
 
@@ -45,6 +48,8 @@ struct MeterConfig {
   bool rank = false;            // retrieval fine-tuning's rank_output
 
   float dropout = 0;            // text encoder and co-attention layers (CLIP has none)
+
+  TrimConfig trim;              // SmartTrim's trimmers; trim.enabled is false without "smarttrim"
 
   int vit_grid() const { return vit_image_size / vit_patch_size; }
   int image_tokens() const { return vit_grid() * vit_grid() + 1; }

@@ -239,6 +239,7 @@ Tensor operator-(const Tensor& x, float s) { return add_scalar(x, -s); }
 Tensor operator*(const Tensor& x, float s) { return mul_scalar(x, s); }
 Tensor operator*(float s, const Tensor& x) { return mul_scalar(x, s); }
 Tensor operator-(const Tensor& x) { return mul_scalar(x, -1.0f); }
+Tensor operator-(float s, const Tensor& x) { return add_scalar(mul_scalar(x, -1.0f), s); }
 
 static Tensor unary_op(const char* op_name, cpu::Unary op, const Tensor& x) {
   Device dev = common_device(op_name, {&x});

@@ -1,0 +1,35 @@
+#include "pruning/head_trimmer.h"
+
+namespace st {
+
+HeadTrimmer::HeadTrimmer(int q_width, int hidden, int heads, Rng& rng)
+    : ln(q_width, 1e-5f), fc1(q_width, hidden, rng), fc2(hidden, heads, rng) {}
+
+Tensor HeadTrimmer::logits(const Tensor& x, const Tensor& keep, const Tensor& other, const Tensor& other_keep) const {
+  Tensor q = masked_mean(x, keep);                                               // (B, d)
+  if (other.defined()) q = concat({q, masked_mean(other, other_keep)}, -1);       // (B, 2d)
+  return fc2.forward(gelu(fc1.forward(ln.forward(q))));                          // (B, H)
+}
+
+void HeadTrimmer::name(NamedParams& p, const std::string& prefix) {
+  ln.name(p, prefix + ".ln");
+  fc1.name(p, prefix + ".fc1");
+  fc2.name(p, prefix + ".fc2");
+}
+
+Tensor head_mask(const Tensor& logits, float tau, float theta, Rng* noise) {
+  const int64_t b = logits.dim(0), h = logits.dim(1);
+  std::vector<float> best(size_t(b * h), 0.0f);  // one-hot of each row's arg-max (a constant)
+  std::vector<float> values = logits.to_vector();
+  for (int64_t i = 0; i < b; i++) {
+    int64_t arg = 0;
+    for (int64_t j = 1; j < h; j++)
+      if (values[size_t(i * h + j)] > values[size_t(i * h + arg)]) arg = j;
+    best[size_t(i * h + arg)] = 1.0f;
+  }
+  Tensor top = Tensor::from_vector(best, {b, h}).to(logits.device());
+  Tensor hard = gumbel_sigmoid_st(theta == 0 ? logits : logits - theta, tau, noise);
+  return hard * (1.0f - top) + top;
+}
+
+}  // namespace st

@@ -1,0 +1,180 @@
+// SmartTrim: trimmers, masks, the cost model, the curriculum. The packed
+// inference path and training are in their own suites.
+#include <doctest/doctest.h>
+
+#include <cmath>
+
+#include "engine/gemm.h"
+#include "layers/meter.h"
+#include "pruning/cost.h"
+#include "pruning/curriculum.h"
+
+using st::Tensor;
+
+namespace {
+
+st::MeterConfig tiny_trim() { return st::load_meter_config("configs/meter-tiny-smarttrim.json"); }
+
+struct Batch {
+  Tensor ids, mask, image;
+  std::vector<int> lengths;
+};
+
+Batch make_batch(const st::MeterConfig& c, std::vector<int> lengths, int t, uint64_t seed) {
+  st::Rng rng(seed);
+  const int b = int(lengths.size());
+  std::vector<int32_t> ids(size_t(b * t));
+  std::vector<float> mask(size_t(b * t));
+  for (int i = 0; i < b; i++)
+    for (int j = 0; j < t; j++) {
+      const bool real = j < lengths[size_t(i)];
+      const int32_t word = 3 + int32_t(rng.uniform() * float(c.vocab_size - 4));
+      ids[size_t(i * t + j)] = !real ? c.pad_token_id : j == 0 ? 0 : j == lengths[size_t(i)] - 1 ? 2 : word;
+      mask[size_t(i * t + j)] = real ? 1.0f : 0.0f;
+    }
+  return {Tensor::from_ints(ids, {b, t}), Tensor::from_vector(mask, {b, t}),
+          Tensor::randn({b, 3, c.vit_image_size, c.vit_image_size}, rng), lengths};
+}
+
+// Sets the final bias of every token trimmer (and head trimmer) of a model to `bias`.
+void bias_trimmers(st::Meter& m, float token_bias, float head_bias) {
+  for (const auto& [name, t] : m.params().list) {
+    if (name.rfind("smarttrim.", 0) != 0) continue;
+    const bool token = name.find("_tokens.") != std::string::npos;
+    if (token && name.find(".mlp2.bias") != std::string::npos) t->data()[0] = token_bias;
+    if (!token && name.find(".fc2.bias") != std::string::npos)
+      for (int64_t i = 0; i < t->numel(); i++) t->data()[i] = head_bias;
+  }
+}
+
+double max_relative(const Tensor& a, const Tensor& b) {
+  std::vector<float> x = a.to_vector(), y = b.to_vector();
+  double diff = 0, scale = 0;
+  for (size_t i = 0; i < x.size(); i++) {
+    diff = std::max(diff, std::fabs(double(x[i]) - y[i]));
+    scale = std::max(scale, std::fabs(double(y[i])));
+  }
+  return diff / scale;
+}
+
+}  // namespace
+
+TEST_CASE("smarttrim: trimmers that keep everything change nothing") {
+  st::MeterConfig c = tiny_trim();
+  st::Meter model(c, 3);
+  bias_trimmers(model, 100.0f, 100.0f);
+  Batch b = make_batch(c, {9, 5, 7}, 9, 1);
+  st::Context eval;
+  st::TrimOptions trim;  // no noise
+  st::MeterFeatures plain = model.forward(b.ids, b.mask, b.image, eval);
+  st::MeterFeatures masked = model.forward(b.ids, b.mask, b.image, eval, 1, &trim);
+  REQUIRE(masked.trimmed);
+  CHECK(max_relative(masked.cls, plain.cls) < 1e-5);
+  CHECK(masked.image_keep.to_vector() == std::vector<float>(size_t(3 * c.image_tokens()), 1.0f));
+  CHECK(masked.text_keep.to_vector() == b.mask.to_vector());  // padding stays dropped, nothing else
+  // the full counts, and the cost model's FLOPs, with the trimmers' own work on top
+  for (int i = 0; i < 3; i++) {
+    st::PassCounts<double> full = st::full_counts(c, b.lengths[size_t(i)]);
+    CHECK(masked.counts.image_out.to_vector()[size_t(i)] == full.image_out);
+    CHECK(masked.counts.text_out.to_vector()[size_t(i)] == full.text_out);
+  }
+}
+
+TEST_CASE("smarttrim: trimmers biased to drop keep the first token, and fewer tokens and heads") {
+  st::MeterConfig c = tiny_trim();
+  st::Meter model(c, 3);
+  bias_trimmers(model, -100.0f, -100.0f);
+  Batch b = make_batch(c, {9, 5, 7}, 9, 1);
+  st::Context eval;
+  st::TrimOptions trim;
+  st::MeterFeatures f = model.forward(b.ids, b.mask, b.image, eval, 1, &trim);
+  std::vector<float> kv = f.image_keep.to_vector(), kt = f.text_keep.to_vector();
+  const int64_t n = c.image_tokens();
+  for (int i = 0; i < 3; i++) {
+    CHECK(kv[size_t(i * n)] == 1.0f);
+    CHECK(kt[size_t(i * 9)] == 1.0f);
+    float sum_v = 0, sum_t = 0;
+    for (int64_t j = 0; j < n; j++) sum_v += kv[size_t(i * n + j)];
+    for (int j = 0; j < 9; j++) sum_t += kt[size_t(i * 9 + j)];
+    CHECK(sum_v == 1.0f);
+    CHECK(sum_t == 1.0f);
+  }
+  for (const Tensor& z : f.head_keep_at)  // exactly one head (the arg-max) survives
+    for (int i = 0; i < 3; i++) {
+      float kept = 0;
+      for (int h = 0; h < c.num_heads; h++) kept += z.to_vector()[size_t(i * c.num_heads + h)];
+      CHECK(kept == 1.0f);
+    }
+}
+
+TEST_CASE("smarttrim: the cost model equals the FLOPs the plain model's GEMMs execute") {
+  // One example without padding: the plain forward runs exactly the work the
+  // model counts (every token, every head), through the GEMM's own counter.
+  for (const char* name : {"configs/meter-tiny.json", "configs/meter-tiny-smarttrim.json"}) {
+    st::MeterConfig c = st::load_meter_config(name);
+    st::Meter model(c, 1);
+    Batch b = make_batch(c, {7}, 7, 2);
+    st::Context eval;
+    st::NoGrad no_grad;
+    st::sgemm_reset_flops();
+    st::MeterFeatures f = model.forward(b.ids, b.mask, b.image, eval);
+    model.vqa_logits(f.cls);
+    CHECK(double(st::sgemm_flops()) == st::full_flops(c, 7, st::Task::VQA));
+    st::sgemm_reset_flops();
+    model.nlvr2_forward(b.ids, b.mask, b.image, b.image, eval);
+    CHECK(double(st::sgemm_flops()) == st::full_flops(c, 7, st::Task::NLVR2));
+  }
+}
+
+TEST_CASE("smarttrim: the cost model by hand on a small configuration") {
+  st::MeterConfig c = st::load_meter_config("configs/meter-tiny.json");
+  // d 64, 4 heads (k 16), f 128; ViT W 48, 4 heads (k 12), f 192, patch 8, 16 patches + class;
+  // text 40 wide, 4 heads (k 10), f 80; 2 layers everywhere.
+  st::PassCounts<double> n = st::full_counts(c, 5);
+  n.cross_image_tokens = {10, 6};
+  n.cross_text_tokens = {5, 3};
+  n.text_self_heads = {4, 2};
+  n.text_cross_heads = {3, 1};
+  n.image_self_heads = {4, 4};
+  n.image_cross_heads = {2, 2};
+  double want = 0;
+  want += 2.0 * 16 * (3 * 8 * 8) * 48;                                   // patch embedding
+  for (int l = 0; l < 2; l++) want += 8.0 * 48 * 12 * 17 * 4 + 4.0 * 12 * 17 * 17 * 4 + 4.0 * 17 * 48 * 192;  // ViT
+  for (int l = 0; l < 2; l++) want += 8.0 * 40 * 10 * 5 * 4 + 4.0 * 10 * 5 * 5 * 4 + 4.0 * 5 * 40 * 80;       // text
+  want += 2.0 * 5 * 40 * 64 + 2.0 * 17 * 48 * 64;                         // bridge
+  auto msa = [](double tokens, double heads) { return 8.0 * 64 * 16 * tokens * heads + 4.0 * 16 * tokens * tokens * heads; };
+  auto mca = [](double tokens, double other, double heads) {
+    return 4.0 * 64 * 16 * tokens * heads + 4.0 * 64 * 16 * other * heads + 4.0 * 16 * tokens * other * heads;
+  };
+  want += msa(5, 4) + mca(5, 10, 3) + 4.0 * 5 * 64 * 128 + msa(10, 4) + mca(10, 5, 2) + 4.0 * 10 * 64 * 128;
+  want += msa(3, 2) + mca(3, 6, 1) + 4.0 * 3 * 64 * 128 + msa(6, 4) + mca(6, 3, 2) + 4.0 * 6 * 64 * 128;
+  want += 2 * 2.0 * 64 * 64;  // poolers
+  CHECK(st::pass_flops(c, n, false) == want);
+  // the Tensor version (what the cost loss uses) agrees
+  st::PassCounts<Tensor> nt;
+  auto one = [](double v) { return Tensor::from_vector({float(v)}, {1}); };
+  for (double v : n.vit_tokens) nt.vit_tokens.push_back(one(v));
+  for (double v : n.text_tokens) nt.text_tokens.push_back(one(v));
+  nt.text_out = one(n.text_out), nt.image_out = one(n.image_out);
+  for (size_t i = 0; i < 2; i++) {
+    nt.cross_text_tokens.push_back(one(n.cross_text_tokens[i]));
+    nt.cross_image_tokens.push_back(one(n.cross_image_tokens[i]));
+    nt.text_self_heads.push_back(one(n.text_self_heads[i]));
+    nt.text_cross_heads.push_back(one(n.text_cross_heads[i]));
+    nt.image_self_heads.push_back(one(n.image_self_heads[i]));
+    nt.image_cross_heads.push_back(one(n.image_cross_heads[i]));
+  }
+  CHECK(st::pass_flops(c, nt, false).item() == doctest::Approx(want).epsilon(1e-6));
+}
+
+TEST_CASE("smarttrim: curriculum values") {
+  st::Curriculum cur{0.5, 0.5, true};
+  CHECK(cur.target(0, 100) == 1.0);
+  CHECK(cur.target(25, 100) == doctest::Approx(0.75));
+  CHECK(cur.target(50, 100) == doctest::Approx(0.5));
+  CHECK(cur.target(99, 100) == doctest::Approx(0.5));
+  st::Curriculum third{1.0 / 3, 0.2, true};
+  CHECK(third.target(10, 100) == doctest::Approx(1.0 - (2.0 / 3) * 0.5));
+  st::Curriculum off{0.5, 0.5, false};
+  CHECK(off.target(0, 100) == 0.5);
+}
