@@ -1,0 +1,64 @@
+// Inference that removes what the trimmers drop (SMARTTRIM.md section 5,
+// DESIGN "Training vs inference with trimmers").
+//
+// The tokens every example keeps live in one packed buffer (sum_b n_b, d)
+// with per-example offsets (cu_seqlens): example b owns rows
+// [offset[b], offset[b+1]). After each token trimmer the survivors are
+// gathered into a new packed buffer. Linear layers run one GEMM over all
+// packed rows; attention runs per (example, head) on the example's own rows
+// (cross-attention on the other stream's rows of the same example); a head
+// an example dropped costs nothing: its Q, K, V and output columns are never
+// computed. No noise: keep iff logit > threshold.
+//
+// Every GEMM adds its FLOPs to the example whose rows it ran on, so a batch
+// reports what each example really cost; the tests hold that count equal to
+// the cost model (pruning/cost.h) for every example.
+#pragma once
+#include <vector>
+
+#include "layers/meter.h"
+
+namespace st {
+
+// Offsets of the examples' rows in a packed buffer: example b owns [at[b], at[b+1]).
+struct Segments {
+  std::vector<int64_t> at{0};
+  int64_t examples() const { return int64_t(at.size()) - 1; }
+  int64_t rows(int64_t b) const { return at[size_t(b + 1)] - at[size_t(b)]; }
+  int64_t total() const { return at.back(); }
+};
+
+struct PackedOutput {
+  Tensor logits;               // (B, classes) of the task's head; undefined for Task::None
+  Tensor cls;                  // (B, 2d) pooled features (the first image's, for NLVR2)
+  std::vector<double> flops;   // per example: the FLOPs its GEMMs executed
+  // Kept tokens per example entering each layer, as the cost model counts them (one per pass).
+  std::vector<PassCounts<double>> counts;  // [pass][example]... flattened: counts[pass * B + b]
+};
+
+class PackedMeter {
+ public:
+  explicit PackedMeter(const Meter& model) : m_(model) {}
+
+  struct Options {
+    float token_threshold = 0;  // theta: keep a token iff its logit > theta
+    float head_threshold = 0;
+  };
+  // ids i32 (B, T), mask (B, T), image (B, 3, S, S); image2 for NLVR2 (its second pass).
+  PackedOutput run(Task task, const Tensor& ids, const Tensor& mask, const Tensor& image,
+                   const Tensor& image2, const Options& opt) const;
+  PackedOutput run(Task task, const Tensor& ids, const Tensor& mask, const Tensor& image, const Options& opt) const {
+    return run(task, ids, mask, image, Tensor(), opt);
+  }
+
+ private:
+  struct Pass {
+    Tensor cls;  // (B, 2d)
+    std::vector<PassCounts<double>> counts;  // per example
+  };
+  Pass one_pass(const Tensor& ids, const Tensor& mask, const Tensor& image, int image_type, const Options& opt,
+                std::vector<double>& flops) const;
+  const Meter& m_;
+};
+
+}  // namespace st

@@ -1,0 +1,139 @@
+// Parity: the masked training pass (noise off) and the packed inference path
+// compute the same logits, and the packed path's executed FLOPs equal the
+// cost model's count for every example.
+#include <doctest/doctest.h>
+
+#include <cmath>
+
+#include "layers/meter.h"
+#include "pruning/packed.h"
+
+using st::Tensor;
+
+namespace {
+
+struct Batch {
+  Tensor ids, mask, image, image2;
+};
+
+Batch make_batch(const st::MeterConfig& c, const std::vector<int>& lengths, int t, uint64_t seed) {
+  st::Rng rng(seed);
+  const int b = int(lengths.size());
+  std::vector<int32_t> ids(size_t(b * t));
+  std::vector<float> mask(size_t(b * t));
+  for (int i = 0; i < b; i++)
+    for (int j = 0; j < t; j++) {
+      const bool real = j < lengths[size_t(i)];
+      const int32_t word = 3 + int32_t(rng.uniform() * float(c.vocab_size - 4));
+      ids[size_t(i * t + j)] = !real ? c.pad_token_id : j == 0 ? 0 : j == lengths[size_t(i)] - 1 ? 2 : word;
+      mask[size_t(i * t + j)] = real ? 1.0f : 0.0f;
+    }
+  const int s = c.vit_image_size;
+  return {Tensor::from_ints(ids, {b, t}), Tensor::from_vector(mask, {b, t}), Tensor::randn({b, 3, s, s}, rng),
+          Tensor::randn({b, 3, s, s}, rng)};
+}
+
+// Random trimmers decide near logit 0, where rounding could flip a decision
+// between the two paths; scaling their last layer spreads the logits far
+// from 0, and the token bias shifts them so that roughly half survive.
+void sharpen_trimmers(st::Meter& m, float scale, float token_bias) {
+  for (const auto& [name, t] : m.params().list) {
+    if (name.rfind("smarttrim.", 0) != 0) continue;
+    if (name.find(".mlp2.weight") != std::string::npos || name.find(".fc2.weight") != std::string::npos)
+      for (int64_t i = 0; i < t->numel(); i++) t->data()[i] *= scale;
+    if (name.find(".mlp2.bias") != std::string::npos) t->data()[0] = token_bias;
+  }
+}
+
+double relative(const Tensor& a, const Tensor& b) {
+  std::vector<float> x = a.to_vector(), y = b.to_vector();
+  double diff = 0, scale = 0;
+  for (size_t i = 0; i < x.size(); i++) {
+    if (!std::isfinite(x[i]) || !std::isfinite(y[i])) return INFINITY;
+    diff = std::max(diff, std::fabs(double(x[i]) - y[i]));
+    scale = std::max(scale, std::fabs(double(y[i])));
+  }
+  return diff / scale;
+}
+
+// Counts of example b from the masked pass's (B,) tensors.
+st::PassCounts<double> example_counts(const st::PassCounts<Tensor>& n, int64_t b) {
+  auto at = [b](const Tensor& t) { return double(t.to_vector()[size_t(b)]); };
+  auto all = [&](const std::vector<Tensor>& v) {
+    std::vector<double> out;
+    for (const Tensor& t : v) out.push_back(at(t));
+    return out;
+  };
+  st::PassCounts<double> e;
+  e.vit_tokens = all(n.vit_tokens), e.text_tokens = all(n.text_tokens);
+  e.text_out = at(n.text_out), e.image_out = at(n.image_out);
+  e.cross_text_tokens = all(n.cross_text_tokens), e.cross_image_tokens = all(n.cross_image_tokens);
+  e.text_self_heads = all(n.text_self_heads), e.text_cross_heads = all(n.text_cross_heads);
+  e.image_self_heads = all(n.image_self_heads), e.image_cross_heads = all(n.image_cross_heads);
+  e.vit_scored = all(n.vit_scored), e.text_scored = all(n.text_scored);
+  e.cross_text_scored = all(n.cross_text_scored), e.cross_image_scored = all(n.cross_image_scored);
+  return e;
+}
+
+void check_same_counts(const st::PassCounts<double>& a, const st::PassCounts<double>& b) {
+  CHECK(a.vit_tokens == b.vit_tokens);
+  CHECK(a.text_tokens == b.text_tokens);
+  CHECK(a.text_out == b.text_out);
+  CHECK(a.image_out == b.image_out);
+  CHECK(a.cross_text_tokens == b.cross_text_tokens);
+  CHECK(a.cross_image_tokens == b.cross_image_tokens);
+  CHECK(a.text_self_heads == b.text_self_heads);
+  CHECK(a.text_cross_heads == b.text_cross_heads);
+  CHECK(a.image_self_heads == b.image_self_heads);
+  CHECK(a.image_cross_heads == b.image_cross_heads);
+  CHECK(a.vit_scored == b.vit_scored);
+  CHECK(a.cross_text_scored == b.cross_text_scored);
+  CHECK(a.cross_image_scored == b.cross_image_scored);
+}
+
+}  // namespace
+
+TEST_CASE("packed: masked and packed passes agree, and the executed FLOPs equal the cost model, per example") {
+  for (const char* name : {"configs/meter-tiny-smarttrim.json", "configs/meter-tiny.json"}) {
+    INFO(name);
+    st::MeterConfig c = st::load_meter_config(name);
+    st::Meter model(c, 21);
+    sharpen_trimmers(model, 2000.0f, 0.5f);
+    Batch b = make_batch(c, {9, 4, 7, 9, 2}, 9, 5);
+    st::Context eval;
+    st::TrimOptions trim;  // noise off, theta 0
+    st::NoGrad no_grad;
+    st::PackedMeter packed(model);
+    for (st::Task task : {st::Task::VQA, st::Task::NLVR2}) {
+      const bool nlvr2 = task == st::Task::NLVR2;
+      st::MeterFeatures f1 = model.forward(b.ids, b.mask, b.image, eval, 1, &trim);
+      Tensor want;
+      std::vector<st::MeterFeatures> passes = {f1};
+      if (nlvr2) {
+        passes.push_back(model.forward(b.ids, b.mask, b.image2, eval, 2, &trim));
+        want = model.nlvr2_logits(f1.cls, passes[1].cls);
+      } else {
+        want = model.vqa_logits(f1.cls);
+      }
+      st::PackedOutput got = packed.run(task, b.ids, b.mask, b.image, nlvr2 ? b.image2 : Tensor(), {});
+      CHECK(relative(got.logits, want) < 1e-5);
+      CHECK(relative(got.cls, f1.cls) < 1e-5);
+      if (!c.trim.enabled) continue;
+      // every example's executed FLOPs are the cost model's count of what it kept
+      std::vector<double> kept_image;
+      for (int64_t e = 0; e < 5; e++) {
+        double model_flops = st::head_flops(c, task);
+        for (size_t p = 0; p < passes.size(); p++) {
+          st::PassCounts<double> n = example_counts(passes[p].counts, e);
+          check_same_counts(got.counts[p * 5 + size_t(e)], n);
+          model_flops += st::pass_flops(c, n, true);
+        }
+        CHECK(got.flops[size_t(e)] == model_flops);
+        kept_image.push_back(got.counts[size_t(e)].cross_image_tokens.front());
+      }
+      // the batch really is ragged: examples keep different numbers of image tokens
+      CHECK(*std::min_element(kept_image.begin(), kept_image.end()) <
+            *std::max_element(kept_image.begin(), kept_image.end()));
+    }
+  }
+}
