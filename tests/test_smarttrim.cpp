@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "engine/gemm.h"
+#include "engine/rng.h"
 #include "layers/meter.h"
 #include "pruning/cost.h"
 #include "pruning/curriculum.h"
@@ -177,4 +178,96 @@ TEST_CASE("smarttrim: curriculum values") {
   CHECK(third.target(10, 100) == doctest::Approx(1.0 - (2.0 / 3) * 0.5));
   st::Curriculum off{0.5, 0.5, false};
   CHECK(off.target(0, 100) == 0.5);
+}
+
+namespace {
+
+// The soft relaxation the straight-through masks differentiate, with the same noise draws:
+// y_i = sigmoid((s_i - theta + L_i) / tau), L_i = log U_i - log(1 - U_i), U_i = philox(seed, offset + i).
+std::vector<double> soft_relaxation(const std::vector<double>& s, float tau, float theta, uint64_t seed,
+                                    uint64_t offset) {
+  std::vector<double> y(s.size());
+  for (size_t i = 0; i < s.size(); i++) {
+    const double u = st::philox_uniform(seed, offset + i);
+    const double noise = std::log(u) - std::log1p(-u);
+    y[i] = 1.0 / (1.0 + std::exp(-(s[i] - theta + noise) / tau));
+  }
+  return y;
+}
+
+}  // namespace
+
+TEST_CASE("smarttrim: straight-through gradients of the token and head masks against the soft relaxation") {
+  const int64_t b = 3, n = 7, h = 5;
+  const float tau = 0.7f, theta = 0.3f;
+  st::Rng data(11);
+  Tensor keep = Tensor::ones({b, n});
+  keep.data()[4] = 0, keep.data()[n + 2] = 0, keep.data()[2 * n + 6] = 0;  // tokens dropped earlier
+  Tensor weights = Tensor::randn({b, n}, data);
+
+  SUBCASE("token mask: keep * (hard * (1 - e0) + e0)") {
+    Tensor logits = Tensor::randn({b, n}, data, 2.0f).set_requires_grad();
+    st::Rng noise(5);
+    st::sum_all(st::next_token_mask(keep, logits, tau, theta, &noise) * weights).backward();
+    std::vector<float> grad = logits.grad().to_vector();
+    // d/ds_i of sum_j w_j keep_j y_j(s) (first token fixed), by central differences in double
+    auto loss = [&](const std::vector<double>& s) {
+      std::vector<double> y = soft_relaxation(s, tau, theta, 5, 0);
+      double total = 0;
+      for (int64_t i = 0; i < b * n; i++)
+        total += double(weights.data()[i]) * keep.data()[i] * (i % n == 0 ? 1.0 : y[size_t(i)]);
+      return total;
+    };
+    std::vector<double> s(logits.data(), logits.data() + b * n);
+    for (int64_t i = 0; i < b * n; i++) {
+      const double eps = 1e-5;
+      std::vector<double> up = s, down = s;
+      up[size_t(i)] += eps, down[size_t(i)] -= eps;
+      const double fd = (loss(up) - loss(down)) / (2 * eps);
+      CHECK(grad[size_t(i)] == doctest::Approx(fd).epsilon(1e-4).scale(1e-3));
+    }
+  }
+  SUBCASE("head mask: hard * (1 - top) + top, top the arg-max head") {
+    Tensor logits = Tensor::randn({b, h}, data, 2.0f).set_requires_grad();
+    Tensor w = Tensor::randn({b, h}, data);
+    st::Rng noise(8);
+    st::sum_all(st::head_mask(logits, tau, theta, &noise) * w).backward();
+    std::vector<float> grad = logits.grad().to_vector();
+    std::vector<double> s(logits.data(), logits.data() + b * h);
+    std::vector<int64_t> top(static_cast<size_t>(b));
+    for (int64_t r = 0; r < b; r++)
+      top[size_t(r)] = std::max_element(s.begin() + r * h, s.begin() + (r + 1) * h) - (s.begin() + r * h);
+    auto loss = [&](const std::vector<double>& x) {
+      std::vector<double> y = soft_relaxation(x, tau, theta, 8, 0);
+      double total = 0;
+      for (int64_t i = 0; i < b * h; i++) total += double(w.data()[i]) * (i % h == top[size_t(i / h)] ? 1.0 : y[size_t(i)]);
+      return total;
+    };
+    for (int64_t i = 0; i < b * h; i++) {
+      const double eps = 1e-5;
+      std::vector<double> up = s, down = s;
+      up[size_t(i)] += eps, down[size_t(i)] -= eps;
+      CHECK(grad[size_t(i)] == doctest::Approx((loss(up) - loss(down)) / (2 * eps)).epsilon(1e-4).scale(1e-3));
+    }
+  }
+}
+
+TEST_CASE("smarttrim: the task loss reaches every trimmer through the straight-through masks") {
+  st::MeterConfig c = tiny_trim();
+  st::Meter model(c, 4);
+  Batch b = make_batch(c, {9, 6, 8}, 9, 3);
+  st::Rng noise(2);
+  st::TrimOptions trim;
+  trim.noise = &noise;
+  st::Context eval;
+  st::MeterFeatures f = model.forward(b.ids, b.mask, b.image, eval, 1, &trim);
+  st::cross_entropy(model.snli_logits(f.cls), Tensor::from_ints({0, 2, 1}, {3})).backward();
+  for (const auto& [name, p] : model.params().list) {
+    if (name.rfind("smarttrim.", 0) != 0 || name.find("bias") == std::string::npos) continue;
+    INFO(name);
+    REQUIRE(p->grad().defined());
+    double norm = 0;
+    for (float g : p->grad().to_vector()) norm += double(g) * g;
+    CHECK(norm > 0);
+  }
 }
