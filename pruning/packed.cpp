@@ -226,7 +226,7 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
                                         const Options& opt, Flops& flops) const {
   const MeterConfig& c = m_.config_;
   const TrimConfig& tc = c.trim;
-  const bool trimming = tc.enabled;
+  const bool trimming = tc.enabled && opt.trimmers;
   const int64_t B = ids.dim(0), T = ids.dim(1);
   const Context eval;
   Pass pass;

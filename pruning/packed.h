@@ -43,6 +43,7 @@ class PackedMeter {
   struct Options {
     float token_threshold = 0;  // theta: keep a token iff its logit > theta
     float head_threshold = 0;
+    bool trimmers = true;       // false: full capacity (padding is still never computed)
   };
   // ids i32 (B, T), mask (B, T), image (B, 3, S, S); image2 for NLVR2 (its second pass).
   PackedOutput run(Task task, const Tensor& ids, const Tensor& mask, const Tensor& image,

@@ -137,3 +137,17 @@ TEST_CASE("packed: masked and packed passes agree, and the executed FLOPs equal 
     }
   }
 }
+
+TEST_CASE("packed: with its trimmers off a trimmed model runs at full capacity, and pays only for real tokens") {
+  st::MeterConfig c = st::load_meter_config("configs/meter-tiny-smarttrim.json");
+  st::Meter model(c, 8);
+  Batch b = make_batch(c, {9, 3, 6}, 9, 2);
+  st::Context eval;
+  st::NoGrad no_grad;
+  st::PackedMeter::Options full;
+  full.trimmers = false;
+  st::PackedOutput got = st::PackedMeter(model).run(st::Task::SNLI, b.ids, b.mask, b.image, full);
+  CHECK(relative(got.logits, model.snli_logits(model.forward(b.ids, b.mask, b.image, eval).cls)) < 1e-5);
+  const int lengths[] = {9, 3, 6};
+  for (int e = 0; e < 3; e++) CHECK(got.flops[size_t(e)] == st::full_flops(c, lengths[e], st::Task::SNLI));
+}
