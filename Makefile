@@ -70,9 +70,14 @@ $(BUILD)/bench_meter: bench/bench_meter.cpp $(LIB)
 	@mkdir -p $(@D)
 	$(CXX) $(CXXFLAGS) $< $(LIB) $(LDFLAGS) $(LDLIBS) -o $@
 
+$(BUILD)/bench_smarttrim: bench/bench_smarttrim.cpp $(LIB)
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS) $< $(LIB) $(LDFLAGS) $(LDLIBS) -o $@
+
 # Debian's OpenBLAS picks its AVX2 (Haswell) kernel on some AVX-512 CPUs;
 # where the CPU has AVX-512 we also compare with OpenBLAS's AVX-512 kernel.
-bench: check-deps $(BUILD)/bench_gemm $(BUILD)/bench_meter
+bench: check-deps $(BUILD)/bench_gemm $(BUILD)/bench_meter $(BUILD)/bench_smarttrim
+	$(BUILD)/bench_smarttrim --json $(BUILD)/bench_smarttrim.json
 	$(BUILD)/bench_meter --json $(BUILD)/bench_meter.json
 	$(BUILD)/bench_gemm --json $(BUILD)/bench_gemm.json
 	@if grep -qw avx512f /proc/cpuinfo; then \

@@ -1,0 +1,203 @@
+// What trimming buys in wall-clock time: packed inference of a trimmed METER
+// against the same model at full capacity, side by side in one run.
+//
+//   build/bench_smarttrim [--json FILE] [--reps N] [--tiny-only]
+//
+// The models are random (no trained trimmers exist here), so the keep rate
+// is set with the run-time threshold theta: for each target FLOPs ratio a
+// bisection on a few examples finds theta, then the whole batch runs with
+// it and the ratio it really reached is reported. "speed-up" is the time at
+// full capacity over the time trimmed; "efficiency" is the speed-up over
+// the FLOPs reduction (1 means time fell exactly as much as FLOPs did).
+// The full-capacity run uses the same packed path, so padding costs neither
+// side anything; the plain rectangular forward is timed too, for reference.
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "layers/meter.h"
+#include "pruning/packed.h"
+
+namespace {
+
+using st::Tensor;
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+double median_seconds(int reps, const std::function<void()>& run) {
+  run();  // warm-up: the allocator's cache and the GEMM's packing buffers fill
+  std::vector<double> t;
+  for (int i = 0; i < reps; i++) {
+    double t0 = now_s();
+    run();
+    t.push_back(now_s() - t0);
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+struct Batch {
+  Tensor ids, mask, image;
+  std::vector<int> lengths;
+};
+
+// Text lengths: all `text_len`, or (ragged) spread evenly from 4 to text_len.
+Batch make_batch(const st::MeterConfig& c, int batch, int text_len, bool ragged, uint64_t seed) {
+  st::Rng rng(seed);
+  Batch b;
+  std::vector<int32_t> ids(size_t(batch) * text_len);
+  std::vector<float> mask(ids.size());
+  for (int i = 0; i < batch; i++) {
+    const int len = ragged && batch > 1 ? 4 + (text_len - 4) * i / (batch - 1) : text_len;
+    b.lengths.push_back(len);
+    for (int j = 0; j < text_len; j++) {
+      const bool real = j < len;
+      ids[size_t(i * text_len + j)] =
+          !real ? c.pad_token_id : j == 0 ? 0 : j == len - 1 ? 2 : 3 + int32_t(rng.uniform() * float(c.vocab_size - 4));
+      mask[size_t(i * text_len + j)] = real ? 1.0f : 0.0f;
+    }
+  }
+  b.ids = Tensor::from_ints(ids, {batch, text_len});
+  b.mask = Tensor::from_vector(mask, {batch, text_len});
+  b.image = Tensor::randn({batch, 3, c.vit_image_size, c.vit_image_size}, rng);
+  return b;
+}
+
+Batch first_examples(const Batch& b, int n) {
+  const int64_t t = b.ids.dim(1), s = b.image.dim(2);
+  Batch out;
+  out.ids = Tensor::from_ints(std::vector<int32_t>(b.ids.ints(), b.ids.ints() + n * t), {n, t});
+  out.mask = Tensor::from_vector(std::vector<float>(b.mask.data(), b.mask.data() + n * t), {n, t});
+  out.image = Tensor::from_vector(std::vector<float>(b.image.data(), b.image.data() + n * 3 * s * s), {n, 3, s, s});
+  out.lengths.assign(b.lengths.begin(), b.lengths.begin() + n);
+  return out;
+}
+
+// Random trimmers give logits bunched near 0; spreading them lets theta pick a keep rate.
+void spread_trimmer_logits(st::Meter& m) {
+  for (const auto& [name, t] : m.params().list)
+    if (name.rfind("smarttrim.", 0) == 0 &&
+        (name.find(".mlp2.weight") != std::string::npos || name.find(".fc2.weight") != std::string::npos))
+      for (int64_t i = 0; i < t->numel(); i++) t->data()[i] *= 2000.0f;
+}
+
+double flops_ratio(const st::MeterConfig& c, const st::PackedOutput& out, const Batch& b) {
+  double ratio = 0;
+  for (size_t i = 0; i < out.flops.size(); i++) ratio += out.flops[i] / st::full_flops(c, b.lengths[i], st::Task::VQA);
+  return ratio / double(out.flops.size());
+}
+
+struct Row {
+  std::string model;
+  int batch;
+  bool ragged;
+  double target, ratio, min_ratio, max_ratio, theta;
+  double full_s, trimmed_s, plain_s;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string json;
+  int reps = 3;
+  bool tiny_only = false;
+  for (int i = 1; i < argc; i++) {
+    if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
+    else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::max(1, std::atoi(argv[++i]));
+    else if (!std::strcmp(argv[i], "--tiny-only")) tiny_only = true;
+    else {
+      std::fprintf(stderr, "usage: bench_smarttrim [--json FILE] [--reps N] [--tiny-only]\n");
+      return 2;
+    }
+  }
+  struct Setup {
+    const char* config;
+    int text_len;
+    std::vector<int> batches;
+  };
+  std::vector<Setup> setups = {{"configs/meter-tiny-smarttrim.json", 16, {1, 32}}};
+  if (!tiny_only) setups.push_back({"configs/meter-base-smarttrim.json", 40, {1, 32}});
+  std::vector<Row> rows;
+  try {
+    for (const Setup& s : setups) {
+      st::MeterConfig c = st::load_meter_config(s.config);
+      st::Meter model(c, 1);
+      spread_trimmer_logits(model);
+      st::PackedMeter packed(model);
+      st::NoGrad no_grad;
+      for (int batch : s.batches)
+        for (bool ragged : {false, true}) {
+          if (ragged && batch == 1) continue;
+          Batch b = make_batch(c, batch, s.text_len, ragged, 7);
+          st::PackedMeter::Options full;
+          full.trimmers = false;
+          const double full_s = median_seconds(reps, [&] { packed.run(st::Task::VQA, b.ids, b.mask, b.image, full); });
+          st::Context eval;
+          const double plain_s = median_seconds(reps, [&] {
+            model.vqa_logits(model.forward(b.ids, b.mask, b.image, eval).cls);
+          });
+          Batch probe = first_examples(b, std::min(batch, 4));
+          for (double target : {0.5, 0.33}) {
+            double lo = -20, hi = 20;  // theta: higher drops more
+            for (int it = 0; it < 14; it++) {
+              st::PackedMeter::Options o;
+              o.token_threshold = o.head_threshold = float(0.5 * (lo + hi));
+              const double r = flops_ratio(c, packed.run(st::Task::VQA, probe.ids, probe.mask, probe.image, o), probe);
+              (r > target ? lo : hi) = 0.5 * (lo + hi);
+            }
+            st::PackedMeter::Options o;
+            o.token_threshold = o.head_threshold = float(0.5 * (lo + hi));
+            st::PackedOutput out = packed.run(st::Task::VQA, b.ids, b.mask, b.image, o);
+            double mn = 1e9, mx = 0;
+            for (size_t i = 0; i < out.flops.size(); i++) {
+              const double r = out.flops[i] / st::full_flops(c, b.lengths[i], st::Task::VQA);
+              mn = std::min(mn, r), mx = std::max(mx, r);
+            }
+            const double trimmed_s = median_seconds(reps, [&] { packed.run(st::Task::VQA, b.ids, b.mask, b.image, o); });
+            const std::string name = std::string(s.config).substr(8, std::string(s.config).size() - 13);
+            rows.push_back({name, batch, ragged, target, flops_ratio(c, out, b), mn, mx, o.token_threshold, full_s,
+                            trimmed_s, plain_s});
+            const Row& r = rows.back();
+            std::printf("%-20s batch %2d %-7s target %.2f: FLOPs ratio %.3f (%.2f..%.2f), full %.1f ms, trimmed %.1f ms, "
+                        "speed-up %.2fx for %.2fx fewer FLOPs (efficiency %.2f); plain forward %.1f ms\n",
+                        r.model.c_str(), r.batch, r.ragged ? "ragged" : "even", r.target, r.ratio, r.min_ratio,
+                        r.max_ratio, r.full_s * 1e3, r.trimmed_s * 1e3, r.full_s / r.trimmed_s, 1.0 / r.ratio,
+                        (r.full_s / r.trimmed_s) * r.ratio, r.plain_s * 1e3);
+            std::fflush(stdout);
+          }
+        }
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_smarttrim: %s\n", e.what());
+    return 1;
+  }
+  if (!json.empty()) {
+    FILE* f = std::fopen(json.c_str(), "w");
+    if (!f) {
+      std::fprintf(stderr, "bench_smarttrim: cannot write %s\n", json.c_str());
+      return 1;
+    }
+    std::fprintf(f, "{\"threads\": %d, \"runs\": [\n", omp_get_max_threads());
+    for (size_t i = 0; i < rows.size(); i++) {
+      const Row& r = rows[i];
+      std::fprintf(f,
+                   "  {\"model\": \"%s\", \"batch\": %d, \"ragged\": %s, \"target\": %.2f, \"flops_ratio\": %.4f, "
+                   "\"min_ratio\": %.4f, \"max_ratio\": %.4f, \"full_s\": %.6f, \"trimmed_s\": %.6f, \"plain_s\": %.6f}%s\n",
+                   r.model.c_str(), r.batch, r.ragged ? "true" : "false", r.target, r.ratio, r.min_ratio, r.max_ratio,
+                   r.full_s, r.trimmed_s, r.plain_s, i + 1 < rows.size() ? "," : "");
+    }
+    std::fprintf(f, "]}\n");
+    std::fclose(f);
+  }
+  return 0;
+}
