@@ -115,32 +115,75 @@ void softmax_rows(float* s, int64_t rows, int64_t cols) {
   }
 }
 
+// softmax(Q_h K_h^T) V_h for every head h of one example:
+// q (n, ldq), k and v (m, ldk / ldv), ctx (n, ldc); head h's columns start at h * hk.
+// Returns the FLOPs: 4 n m hk per head.
+double attend_heads(const float* q, int64_t ldq, const float* k, int64_t ldk, const float* v, int64_t ldv,
+                    float* ctx, int64_t ldc, int64_t n, int64_t m, int64_t hk, const std::vector<int64_t>& heads) {
+  thread_local std::vector<float> scores;
+  scores.resize(size_t(n * m));
+  for (int64_t h : heads) {
+    sgemm(false, true, int(n), int(m), int(hk), 1.0f, q + h * hk, int(ldq), k + h * hk, int(ldk), 0.0f,
+          scores.data(), int(m));  // (n, m) = Q_h K_h^T
+    softmax_rows(scores.data(), n, m);
+    sgemm(false, false, int(n), int(hk), int(m), 1.0f, scores.data(), int(m), v + h * hk, int(ldv), 0.0f,
+          ctx + h * hk, int(ldc));  // (n, hk) = A V_h
+  }
+  return 4.0 * double(n) * double(m) * double(hk) * double(heads.size());
+}
+
 // Multi-head attention for every example on its own segments:
 //   queries x (R, d) in segments qs; keys and values from memory (R', d) in segments ks;
 //   head_keep (B, H) 0/1, or undefined for every head. -> (R, d)
-// Runs of consecutive kept heads share one GEMM per projection; a dropped
-// head's columns are never computed.
+// With every head kept, the projections are single GEMMs over all packed rows
+// and only the attention itself runs per example. With a head mask, each
+// example projects only its kept heads (runs of consecutive heads share a
+// GEMM): a dropped head's Q, K, V and output columns are never computed.
 Tensor packed_attention(const Attention& attention, const Tensor& x, const Segments& qs, const Tensor& memory,
                         const Segments& ks, const Tensor& head_keep, Flops& flops) {
   const AttentionWeights w = weights_of(attention);
   const int64_t d = w.d, H = w.heads, k = d / H, B = qs.examples();
   const float scale = 1.0f / std::sqrt(float(k));
   Tensor out = Tensor::empty({qs.total(), d});
-  const float* keep = head_keep.defined() ? head_keep.data() : nullptr;
   // Many examples: one thread each (GEMMs inside run single-threaded). Few: the GEMMs use the threads.
   const bool per_example_threads = B >= 2 * omp_get_max_threads();
+
+  if (!head_keep.defined()) {
+    std::vector<int64_t> all(static_cast<size_t>(H));
+    for (int64_t h = 0; h < H; h++) all[size_t(h)] = h;
+    Tensor q = Tensor::empty({qs.total(), d}), kk = Tensor::empty({ks.total(), d}), v = Tensor::empty({ks.total(), d});
+    project(x.data(), qs.total(), d, w.wq, w.bq, 0, d, scale, q.data(), d);
+    project(memory.data(), ks.total(), d, w.wk, w.bk, 0, d, 1.0f, kk.data(), d);
+    project(memory.data(), ks.total(), d, w.wv, w.bv, 0, d, 1.0f, v.data(), d);
+    Tensor ctx = Tensor::empty({qs.total(), d});
+#pragma omp parallel for schedule(dynamic) if (per_example_threads)
+    for (int64_t b = 0; b < B; b++) {
+      const int64_t n = qs.rows(b), m = ks.rows(b), qr = qs.at[size_t(b)], kr = ks.at[size_t(b)];
+      double f = 4.0 * double(n) * d * d + 4.0 * double(m) * d * d;  // Q and output projections; K and V
+      f += attend_heads(q.data() + qr * d, d, kk.data() + kr * d, d, v.data() + kr * d, d, ctx.data() + qr * d, d, n,
+                        m, k, all);
+      flops[size_t(b)] += f;
+    }
+    for (int64_t r = 0; r < qs.total(); r++) std::copy(w.bo, w.bo + d, out.data() + r * d);
+    sgemm(false, true, int(qs.total()), int(d), int(d), 1.0f, ctx.data(), int(d), w.wo, int(d), 1.0f, out.data(),
+          int(d));
+    return out;
+  }
+
+  const float* keep = head_keep.data();
 #pragma omp parallel for schedule(dynamic) if (per_example_threads)
   for (int64_t b = 0; b < B; b++) {
     const int64_t n = qs.rows(b), m = ks.rows(b);
     const float* X = x.data() + qs.at[size_t(b)] * d;
     const float* M = memory.data() + ks.at[size_t(b)] * d;
     float* O = out.data() + qs.at[size_t(b)] * d;
-    thread_local std::vector<float> q, kk, v, ctx, scores;
+    thread_local std::vector<float> q, kk, v, ctx;
     q.resize(size_t(n * d)), kk.resize(size_t(m * d)), v.resize(size_t(m * d)), ctx.resize(size_t(n * d));
-    scores.resize(size_t(n * m));
+    std::vector<int64_t> kept;
     std::vector<std::pair<int64_t, int64_t>> runs;  // [h0, h1) of kept heads
     for (int64_t h = 0; h < H; h++) {
-      if (keep && keep[b * H + h] == 0.0f) continue;
+      if (keep[b * H + h] == 0.0f) continue;
+      kept.push_back(h);
       if (!runs.empty() && runs.back().second == h) runs.back().second = h + 1;
       else runs.push_back({h, h + 1});
     }
@@ -151,15 +194,8 @@ Tensor packed_attention(const Attention& attention, const Tensor& x, const Segme
       project(M, m, d, w.wk, w.bk, c0, cols, 1.0f, kk.data(), d);
       project(M, m, d, w.wv, w.bv, c0, cols, 1.0f, v.data(), d);
       f += 2.0 * n * d * cols + 4.0 * m * d * cols;
-      for (int64_t h = h0; h < h1; h++) {
-        sgemm(false, true, int(n), int(m), int(k), 1.0f, q.data() + h * k, int(d), kk.data() + h * k, int(d), 0.0f,
-              scores.data(), int(m));  // (n, m) = Q_h K_h^T
-        softmax_rows(scores.data(), n, m);
-        sgemm(false, false, int(n), int(k), int(m), 1.0f, scores.data(), int(m), v.data() + h * k, int(d), 0.0f,
-              ctx.data() + h * k, int(d));  // (n, k) = A V_h
-        f += 4.0 * n * m * k;
-      }
     }
+    f += attend_heads(q.data(), d, kk.data(), d, v.data(), d, ctx.data(), d, n, m, k, kept);
     for (int64_t r = 0; r < n; r++) std::copy(w.bo, w.bo + d, O + r * d);
     for (auto [h0, h1] : runs) {  // O += ctx[:, run] Wo[:, run]^T
       const int64_t c0 = h0 * k, cols = (h1 - h0) * k;
