@@ -11,6 +11,7 @@
 #include "engine/memory.h"
 #include "engine/optim.h"
 #include "layers/meter.h"
+#include "tests/meter_batch.h"
 #include "tests/support.h"
 #include "weights/format.h"
 
@@ -19,29 +20,6 @@ using st::Tensor;
 namespace {
 
 st::MeterConfig tiny() { return st::load_meter_config("configs/meter-tiny.json"); }
-
-struct Batch {
-  Tensor ids, mask, image;
-};
-
-// Three examples with 9, 6 and 4 real tokens.
-Batch make_batch(const st::MeterConfig& c, uint64_t seed) {
-  st::Rng rng(seed);
-  const int b = 3, t = 9;
-  const int lengths[b] = {9, 6, 4};
-  std::vector<int32_t> ids(b * t);
-  std::vector<float> mask(b * t);
-  Tensor u = Tensor::uniform({b * t}, rng, 0.0f, 1.0f);
-  for (int i = 0; i < b; i++)
-    for (int j = 0; j < t; j++) {
-      const bool real = j < lengths[i];
-      const int32_t word = 3 + int32_t(u.data()[i * t + j] * float(c.vocab_size - 3)) % (c.vocab_size - 3);
-      ids[size_t(i * t + j)] = !real ? c.pad_token_id : j == 0 ? 0 : j == lengths[i] - 1 ? 2 : word;
-      mask[size_t(i * t + j)] = real ? 1.0f : 0.0f;
-    }
-  return {Tensor::from_ints(ids, {b, t}), Tensor::from_vector(mask, {b, t}),
-          Tensor::randn({b, 3, c.vit_image_size, c.vit_image_size}, rng)};
-}
 
 std::string temp_path(const char* tag) {
   static int counter = 0;
@@ -102,7 +80,7 @@ TEST_CASE("meter config: a typo, a missing key, a bad value are errors that name
 TEST_CASE("meter: shapes of every output, and eval mode is deterministic") {
   st::MeterConfig c = tiny();
   st::Meter model(c, 7);
-  Batch b = make_batch(c, 1);
+  st::testing::MeterBatch b = st::testing::make_meter_batch(c, {9, 6, 4}, 9, 1);
   st::Context eval;
   st::MeterFeatures f = model.forward(b.ids, b.mask, b.image, eval);
   const int64_t n = c.image_tokens();
@@ -125,7 +103,7 @@ TEST_CASE("meter: shapes of every output, and eval mode is deterministic") {
 TEST_CASE("meter: training mode applies dropout from the context's RNG") {
   st::MeterConfig c = tiny();
   st::Meter model(c, 7);
-  Batch b = make_batch(c, 2);
+  st::testing::MeterBatch b = st::testing::make_meter_batch(c, {9, 6, 4}, 9, 2);
   st::Rng r1(5), r2(5), r3(6);
   st::Context t1{true, &r1}, t2{true, &r2}, t3{true, &r3}, eval;
   std::vector<float> a = model.forward(b.ids, b.mask, b.image, t1).cls.to_vector();
@@ -139,7 +117,7 @@ TEST_CASE("meter: training mode applies dropout from the context's RNG") {
 TEST_CASE("meter: every parameter gets a gradient from the summed task losses") {
   st::MeterConfig c = tiny();
   st::Meter model(c, 3);
-  Batch b = make_batch(c, 4);
+  st::testing::MeterBatch b = st::testing::make_meter_batch(c, {9, 6, 4}, 9, 4);
   st::Context eval;
   st::MeterFeatures f = model.forward(b.ids, b.mask, b.image, eval);
   Tensor targets = Tensor::full({3, c.vqa_answers}, 0.3f);
@@ -213,7 +191,7 @@ TEST_CASE("meter: save, load, and the loader's complaints") {
 TEST_CASE("meter: the position table re-grids to a new image size") {
   st::MeterConfig c = tiny();
   st::Meter model(c, 5);
-  Batch b = make_batch(c, 6);
+  st::testing::MeterBatch b = st::testing::make_meter_batch(c, {9, 6, 4}, 9, 6);
   const int bigger = c.vit_image_size + 2 * c.vit_patch_size;
   st::Rng rng(9);
   Tensor image = Tensor::randn({3, 3, bigger, bigger}, rng);
@@ -259,7 +237,7 @@ TEST_CASE("meter: smarttrim inspect checks a model file against its config") {
 TEST_CASE("meter: a repeated training step makes no system allocations") {
   st::MeterConfig c = tiny();
   st::Meter model(c, 2);
-  Batch b = make_batch(c, 3);
+  st::testing::MeterBatch b = st::testing::make_meter_batch(c, {9, 6, 4}, 9, 3);
   std::vector<std::pair<std::string, Tensor>> named;
   for (const auto& [name, t] : model.params().list) named.emplace_back(name, *t);
   st::AdamW opt(st::decay_groups(named, 1e-4f, 0.01f));

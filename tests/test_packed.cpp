@@ -7,31 +7,11 @@
 
 #include "layers/meter.h"
 #include "pruning/packed.h"
+#include "tests/meter_batch.h"
 
 using st::Tensor;
 
 namespace {
-
-struct Batch {
-  Tensor ids, mask, image, image2;
-};
-
-Batch make_batch(const st::MeterConfig& c, const std::vector<int>& lengths, int t, uint64_t seed) {
-  st::Rng rng(seed);
-  const int b = int(lengths.size());
-  std::vector<int32_t> ids(size_t(b * t));
-  std::vector<float> mask(size_t(b * t));
-  for (int i = 0; i < b; i++)
-    for (int j = 0; j < t; j++) {
-      const bool real = j < lengths[size_t(i)];
-      const int32_t word = 3 + int32_t(rng.uniform() * float(c.vocab_size - 4));
-      ids[size_t(i * t + j)] = !real ? c.pad_token_id : j == 0 ? 0 : j == lengths[size_t(i)] - 1 ? 2 : word;
-      mask[size_t(i * t + j)] = real ? 1.0f : 0.0f;
-    }
-  const int s = c.vit_image_size;
-  return {Tensor::from_ints(ids, {b, t}), Tensor::from_vector(mask, {b, t}), Tensor::randn({b, 3, s, s}, rng),
-          Tensor::randn({b, 3, s, s}, rng)};
-}
 
 // Random trimmers decide near logit 0, where rounding could flip a decision
 // between the two paths; scaling their last layer spreads the logits far
@@ -99,7 +79,7 @@ TEST_CASE("packed: masked and packed passes agree, and the executed FLOPs equal 
     st::MeterConfig c = st::load_meter_config(name);
     st::Meter model(c, 21);
     sharpen_trimmers(model, 2000.0f, 0.5f);
-    Batch b = make_batch(c, {9, 4, 7, 9, 2}, 9, 5);
+    st::testing::MeterBatch b = st::testing::make_meter_batch(c, {9, 4, 7, 9, 2}, 9, 5);
     st::Context eval;
     st::TrimOptions trim;  // noise off, theta 0
     st::NoGrad no_grad;
@@ -141,7 +121,7 @@ TEST_CASE("packed: masked and packed passes agree, and the executed FLOPs equal 
 TEST_CASE("packed: with its trimmers off a trimmed model runs at full capacity, and pays only for real tokens") {
   st::MeterConfig c = st::load_meter_config("configs/meter-tiny-smarttrim.json");
   st::Meter model(c, 8);
-  Batch b = make_batch(c, {9, 3, 6}, 9, 2);
+  st::testing::MeterBatch b = st::testing::make_meter_batch(c, {9, 3, 6}, 9, 2);
   st::Context eval;
   st::NoGrad no_grad;
   st::PackedMeter::Options full;

@@ -9,33 +9,13 @@
 #include "layers/meter.h"
 #include "pruning/cost.h"
 #include "pruning/curriculum.h"
+#include "tests/meter_batch.h"
 
 using st::Tensor;
 
 namespace {
 
 st::MeterConfig tiny_trim() { return st::load_meter_config("configs/meter-tiny-smarttrim.json"); }
-
-struct Batch {
-  Tensor ids, mask, image;
-  std::vector<int> lengths;
-};
-
-Batch make_batch(const st::MeterConfig& c, std::vector<int> lengths, int t, uint64_t seed) {
-  st::Rng rng(seed);
-  const int b = int(lengths.size());
-  std::vector<int32_t> ids(size_t(b * t));
-  std::vector<float> mask(size_t(b * t));
-  for (int i = 0; i < b; i++)
-    for (int j = 0; j < t; j++) {
-      const bool real = j < lengths[size_t(i)];
-      const int32_t word = 3 + int32_t(rng.uniform() * float(c.vocab_size - 4));
-      ids[size_t(i * t + j)] = !real ? c.pad_token_id : j == 0 ? 0 : j == lengths[size_t(i)] - 1 ? 2 : word;
-      mask[size_t(i * t + j)] = real ? 1.0f : 0.0f;
-    }
-  return {Tensor::from_ints(ids, {b, t}), Tensor::from_vector(mask, {b, t}),
-          Tensor::randn({b, 3, c.vit_image_size, c.vit_image_size}, rng), lengths};
-}
 
 // Sets the final bias of every token trimmer (and head trimmer) of a model to `bias`.
 void bias_trimmers(st::Meter& m, float token_bias, float head_bias) {
@@ -64,7 +44,7 @@ TEST_CASE("smarttrim: trimmers that keep everything change nothing") {
   st::MeterConfig c = tiny_trim();
   st::Meter model(c, 3);
   bias_trimmers(model, 100.0f, 100.0f);
-  Batch b = make_batch(c, {9, 5, 7}, 9, 1);
+  st::testing::MeterBatch b = st::testing::make_meter_batch(c, {9, 5, 7}, 9, 1);
   st::Context eval;
   st::TrimOptions trim;  // no noise
   st::MeterFeatures plain = model.forward(b.ids, b.mask, b.image, eval);
@@ -85,7 +65,7 @@ TEST_CASE("smarttrim: trimmers biased to drop keep the first token, and fewer to
   st::MeterConfig c = tiny_trim();
   st::Meter model(c, 3);
   bias_trimmers(model, -100.0f, -100.0f);
-  Batch b = make_batch(c, {9, 5, 7}, 9, 1);
+  st::testing::MeterBatch b = st::testing::make_meter_batch(c, {9, 5, 7}, 9, 1);
   st::Context eval;
   st::TrimOptions trim;
   st::MeterFeatures f = model.forward(b.ids, b.mask, b.image, eval, 1, &trim);
@@ -114,7 +94,7 @@ TEST_CASE("smarttrim: the cost model equals the FLOPs the plain model's GEMMs ex
   for (const char* name : {"configs/meter-tiny.json", "configs/meter-tiny-smarttrim.json"}) {
     st::MeterConfig c = st::load_meter_config(name);
     st::Meter model(c, 1);
-    Batch b = make_batch(c, {7}, 7, 2);
+    st::testing::MeterBatch b = st::testing::make_meter_batch(c, {7}, 7, 2);
     st::Context eval;
     st::NoGrad no_grad;
     st::sgemm_reset_flops();
@@ -255,7 +235,7 @@ TEST_CASE("smarttrim: straight-through gradients of the token and head masks aga
 TEST_CASE("smarttrim: the task loss reaches every trimmer through the straight-through masks") {
   st::MeterConfig c = tiny_trim();
   st::Meter model(c, 4);
-  Batch b = make_batch(c, {9, 6, 8}, 9, 3);
+  st::testing::MeterBatch b = st::testing::make_meter_batch(c, {9, 6, 8}, 9, 3);
   st::Rng noise(2);
   st::TrimOptions trim;
   trim.noise = &noise;
