@@ -29,6 +29,24 @@ PassCounts<double> full_counts(const MeterConfig& c, int text_tokens) {
   return n;
 }
 
+PassCounts<double> counts_of_example(const PassCounts<Tensor>& n, int64_t b) {
+  auto at = [b](const Tensor& t) { return double(t.to_vector()[size_t(b)]); };
+  auto all = [&](const std::vector<Tensor>& v) {
+    std::vector<double> out;
+    for (const Tensor& t : v) out.push_back(at(t));
+    return out;
+  };
+  PassCounts<double> e;
+  e.vit_tokens = all(n.vit_tokens), e.text_tokens = all(n.text_tokens);
+  e.text_out = at(n.text_out), e.image_out = at(n.image_out);
+  e.cross_text_tokens = all(n.cross_text_tokens), e.cross_image_tokens = all(n.cross_image_tokens);
+  e.text_self_heads = all(n.text_self_heads), e.text_cross_heads = all(n.text_cross_heads);
+  e.image_self_heads = all(n.image_self_heads), e.image_cross_heads = all(n.image_cross_heads);
+  e.vit_scored = all(n.vit_scored), e.text_scored = all(n.text_scored);
+  e.cross_text_scored = all(n.cross_text_scored), e.cross_image_scored = all(n.cross_image_scored);
+  return e;
+}
+
 double full_flops(const MeterConfig& c, int text_tokens, Task task) {
   const double pass = pass_flops(c, full_counts(c, text_tokens), /*with_trimmers=*/false);
   return (task == Task::NLVR2 ? 2.0 : 1.0) * pass + head_flops(c, task);

@@ -115,6 +115,10 @@ T pass_flops(const MeterConfig& c, const PassCounts<T>& n, bool with_trimmers) {
   return plus(total, fixed);
 }
 
+// Example b's counts out of a batch's (B,) count tensors (for reports and
+// for comparing the training pass with the packed path).
+PassCounts<double> counts_of_example(const PassCounts<Tensor>& batch, int64_t b);
+
 // FLOPs of a task head on the pooled features (NLVR2: on the pair of passes).
 double head_flops(const MeterConfig& c, Task task);
 

@@ -3,7 +3,9 @@
 namespace st {
 
 HeadTrimmer::HeadTrimmer(int q_width, int hidden, int heads, Rng& rng)
-    : ln(q_width, 1e-5f), fc1(q_width, hidden, rng), fc2(hidden, heads, rng) {}
+    : ln(q_width, 1e-5f), fc1(q_width, hidden, rng), fc2(hidden, heads, rng) {
+  for (int h = 0; h < heads; h++) fc2.bias.data()[h] = 3.0f;  // start with every head kept, as the token trimmer does
+}
 
 Tensor HeadTrimmer::logits(const Tensor& x, const Tensor& keep, const Tensor& other, const Tensor& other_keep) const {
   Tensor q = masked_mean(x, keep);                                               // (B, d)

@@ -9,7 +9,11 @@ TokenTrimmer::TokenTrimmer(int d, int d_c, int d_t, bool cross_modal_, Rng& rng)
       local(d, d_t, rng),
       cross(d_c, d_t, rng),
       mlp1((cross_modal_ ? 3 : 2) * d_t, d_t, rng),
-      mlp2(d_t, 1, rng) {}
+      mlp2(d_t, 1, rng) {
+  // Start by keeping every token (logit +3, sigmoid 0.95): training begins at
+  // full capacity, where the curriculum's target starts too.
+  mlp2.bias.data()[0] = 3.0f;
+}
 
 Tensor TokenTrimmer::logits(const Tensor& x, const Tensor& keep, const Tensor& c) const {
   const int64_t b = x.dim(0), n = x.dim(1), dt = width();

@@ -36,25 +36,6 @@ double relative(const Tensor& a, const Tensor& b) {
   return diff / scale;
 }
 
-// Counts of example b from the masked pass's (B,) tensors.
-st::PassCounts<double> example_counts(const st::PassCounts<Tensor>& n, int64_t b) {
-  auto at = [b](const Tensor& t) { return double(t.to_vector()[size_t(b)]); };
-  auto all = [&](const std::vector<Tensor>& v) {
-    std::vector<double> out;
-    for (const Tensor& t : v) out.push_back(at(t));
-    return out;
-  };
-  st::PassCounts<double> e;
-  e.vit_tokens = all(n.vit_tokens), e.text_tokens = all(n.text_tokens);
-  e.text_out = at(n.text_out), e.image_out = at(n.image_out);
-  e.cross_text_tokens = all(n.cross_text_tokens), e.cross_image_tokens = all(n.cross_image_tokens);
-  e.text_self_heads = all(n.text_self_heads), e.text_cross_heads = all(n.text_cross_heads);
-  e.image_self_heads = all(n.image_self_heads), e.image_cross_heads = all(n.image_cross_heads);
-  e.vit_scored = all(n.vit_scored), e.text_scored = all(n.text_scored);
-  e.cross_text_scored = all(n.cross_text_scored), e.cross_image_scored = all(n.cross_image_scored);
-  return e;
-}
-
 void check_same_counts(const st::PassCounts<double>& a, const st::PassCounts<double>& b) {
   CHECK(a.vit_tokens == b.vit_tokens);
   CHECK(a.text_tokens == b.text_tokens);
@@ -104,7 +85,7 @@ TEST_CASE("packed: masked and packed passes agree, and the executed FLOPs equal 
       for (int64_t e = 0; e < 5; e++) {
         double model_flops = st::head_flops(c, task);
         for (size_t p = 0; p < passes.size(); p++) {
-          st::PassCounts<double> n = example_counts(passes[p].counts, e);
+          st::PassCounts<double> n = st::counts_of_example(passes[p].counts, e);
           check_same_counts(got.counts[p * 5 + size_t(e)], n);
           model_flops += st::pass_flops(c, n, true);
         }
