@@ -1,7 +1,7 @@
 // What trimming buys in wall-clock time: packed inference of a trimmed METER
 // against the same model at full capacity, side by side in one run.
 //
-//   build/bench_smarttrim [--json FILE] [--reps N] [--tiny-only]
+//   build/bench_smarttrim [--json FILE] [--reps N] [--tiny-only] [--batch N]
 //
 // The models are random (no trained trimmers exist here), so the keep rate
 // is set with the run-time threshold theta: for each target FLOPs ratio a
@@ -83,12 +83,21 @@ Batch first_examples(const Batch& b, int n) {
   return out;
 }
 
-// Random trimmers give logits bunched near 0; spreading them lets theta pick a keep rate.
+// Random trimmers score every token of a site nearly alike, so a threshold
+// would drop all or nothing. Scaling up their layers (env SPREAD_LOCAL,
+// SPREAD_MLP1, SPREAD_OUT) makes the logits differ token by token, so theta
+// can pick a keep rate.
 void spread_trimmer_logits(st::Meter& m) {
-  for (const auto& [name, t] : m.params().list)
-    if (name.rfind("smarttrim.", 0) == 0 &&
-        (name.find(".mlp2.weight") != std::string::npos || name.find(".fc2.weight") != std::string::npos))
-      for (int64_t i = 0; i < t->numel(); i++) t->data()[i] *= 2000.0f;
+  auto factor = [](const char* env, float fallback) { return std::getenv(env) ? float(std::atof(std::getenv(env))) : fallback; };
+  const float local = factor("SPREAD_LOCAL", 20), mlp1 = factor("SPREAD_MLP1", 5), out = factor("SPREAD_OUT", 50);
+  for (const auto& [name, t] : m.params().list) {
+    if (name.rfind("smarttrim.", 0) != 0) continue;
+    float f = 1;
+    if (name.find(".local.weight") != std::string::npos) f = local;
+    if (name.find(".mlp1.weight") != std::string::npos || name.find(".fc1.weight") != std::string::npos) f = mlp1;
+    if (name.find(".mlp2.weight") != std::string::npos || name.find(".fc2.weight") != std::string::npos) f = out;
+    for (int64_t i = 0; i < t->numel(); i++) t->data()[i] *= f;
+  }
 }
 
 double flops_ratio(const st::MeterConfig& c, const st::PackedOutput& out, const Batch& b) {
@@ -111,12 +120,14 @@ int main(int argc, char** argv) {
   std::string json;
   int reps = 3;
   bool tiny_only = false;
+  int only_batch = 0;  // 0: every batch size
   for (int i = 1; i < argc; i++) {
     if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
     else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::max(1, std::atoi(argv[++i]));
     else if (!std::strcmp(argv[i], "--tiny-only")) tiny_only = true;
+    else if (!std::strcmp(argv[i], "--batch") && i + 1 < argc) only_batch = std::atoi(argv[++i]);
     else {
-      std::fprintf(stderr, "usage: bench_smarttrim [--json FILE] [--reps N] [--tiny-only]\n");
+      std::fprintf(stderr, "usage: bench_smarttrim [--json FILE] [--reps N] [--tiny-only] [--batch N]\n");
       return 2;
     }
   }
@@ -137,6 +148,7 @@ int main(int argc, char** argv) {
       st::NoGrad no_grad;
       for (int batch : s.batches)
         for (bool ragged : {false, true}) {
+          if (only_batch != 0 && batch != only_batch) continue;
           if (ragged && batch == 1) continue;
           Batch b = make_batch(c, batch, s.text_len, ragged, 7);
           st::PackedMeter::Options full;
@@ -146,10 +158,10 @@ int main(int argc, char** argv) {
           const double plain_s = median_seconds(reps, [&] {
             model.vqa_logits(model.forward(b.ids, b.mask, b.image, eval).cls);
           });
-          Batch probe = first_examples(b, std::min(batch, 4));
+          Batch probe = first_examples(b, std::min(batch, 2));
           for (double target : {0.5, 0.33}) {
-            double lo = -20, hi = 20;  // theta: higher drops more
-            for (int it = 0; it < 14; it++) {
+            double lo = -1e5, hi = 1e5;  // theta: higher drops more; the spread logits reach the thousands
+            for (int it = 0; it < 32; it++) {
               st::PackedMeter::Options o;
               o.token_threshold = o.head_threshold = float(0.5 * (lo + hi));
               const double r = flops_ratio(c, packed.run(st::Task::VQA, probe.ids, probe.mask, probe.image, o), probe);

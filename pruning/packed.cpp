@@ -99,6 +99,7 @@ AttentionWeights weights_of(const Attention& a) {
 void project(const float* x, int64_t rows, int64_t d, const float* W, const float* bias, int64_t c0, int64_t cols,
              float scale, float* out, int64_t ld) {
   sgemm(false, true, int(rows), int(cols), int(d), 1.0f, x, int(d), W + c0 * d, int(d), 0.0f, out + c0, int(ld));
+#pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
   for (int64_t r = 0; r < rows; r++)
     for (int64_t j = 0; j < cols; j++) out[r * ld + c0 + j] = (out[r * ld + c0 + j] + bias[c0 + j]) * scale;
 }
@@ -115,94 +116,120 @@ void softmax_rows(float* s, int64_t rows, int64_t cols) {
   }
 }
 
-// softmax(Q_h K_h^T) V_h for every head h of one example:
-// q (n, ldq), k and v (m, ldk / ldv), ctx (n, ldc); head h's columns start at h * hk.
-// Returns the FLOPs: 4 n m hk per head.
-double attend_heads(const float* q, int64_t ldq, const float* k, int64_t ldk, const float* v, int64_t ldv,
-                    float* ctx, int64_t ldc, int64_t n, int64_t m, int64_t hk, const std::vector<int64_t>& heads) {
-  thread_local std::vector<float> scores;
-  scores.resize(size_t(n * m));
-  for (int64_t h : heads) {
-    sgemm(false, true, int(n), int(m), int(hk), 1.0f, q + h * hk, int(ldq), k + h * hk, int(ldk), 0.0f,
-          scores.data(), int(m));  // (n, m) = Q_h K_h^T
-    softmax_rows(scores.data(), n, m);
-    sgemm(false, false, int(n), int(hk), int(m), 1.0f, scores.data(), int(m), v + h * hk, int(ldv), 0.0f,
-          ctx + h * hk, int(ldc));  // (n, hk) = A V_h
-  }
-  return 4.0 * double(n) * double(m) * double(hk) * double(heads.size());
-}
-
 // Multi-head attention for every example on its own segments:
 //   queries x (R, d) in segments qs; keys and values from memory (R', d) in segments ks;
 //   head_keep (B, H) 0/1, or undefined for every head. -> (R, d)
-// With every head kept, the projections are single GEMMs over all packed rows
-// and only the attention itself runs per example. With a head mask, each
-// example projects only its kept heads (runs of consecutive heads share a
-// GEMM): a dropped head's Q, K, V and output columns are never computed.
+// Three phases. Projections: with every head kept, one GEMM per projection
+// over all packed rows; with a head mask, each example projects only its
+// kept heads (runs of consecutive heads share a GEMM), so a dropped head's
+// Q, K, V and output columns are never computed. Attention: one job per
+// (example, kept head), spread over the threads. Output projection: like the
+// projections. Every example is charged for exactly the work done for it.
 Tensor packed_attention(const Attention& attention, const Tensor& x, const Segments& qs, const Tensor& memory,
                         const Segments& ks, const Tensor& head_keep, Flops& flops) {
   const AttentionWeights w = weights_of(attention);
   const int64_t d = w.d, H = w.heads, k = d / H, B = qs.examples();
   const float scale = 1.0f / std::sqrt(float(k));
-  Tensor out = Tensor::empty({qs.total(), d});
-  // Many examples: one thread each (GEMMs inside run single-threaded). Few: the GEMMs use the threads.
+  bool every_head = true;  // no mask, or one that keeps every head of every example
+  for (int64_t i = 0; head_keep.defined() && i < head_keep.numel(); i++) every_head = every_head && head_keep.data()[i] != 0.0f;
+  // Many examples: one thread per example (GEMMs inside run single-threaded). Few: the GEMMs use the threads.
   const bool per_example_threads = B >= 2 * omp_get_max_threads();
 
-  if (!head_keep.defined()) {
-    std::vector<int64_t> all(static_cast<size_t>(H));
-    for (int64_t h = 0; h < H; h++) all[size_t(h)] = h;
-    Tensor q = Tensor::empty({qs.total(), d}), kk = Tensor::empty({ks.total(), d}), v = Tensor::empty({ks.total(), d});
+  // Kept heads of each example, and their runs [h0, h1).
+  std::vector<std::vector<int64_t>> kept(static_cast<size_t>(B));
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> runs(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t h = 0; h < H; h++) {
+      if (!every_head && head_keep.data()[b * H + h] == 0.0f) continue;
+      kept[size_t(b)].push_back(h);
+      auto& r = runs[size_t(b)];
+      if (!r.empty() && r.back().second == h) r.back().second = h + 1;
+      else r.push_back({h, h + 1});
+    }
+
+  // --- projections: q (R, d), k and v (R', d); a dropped head's columns stay unwritten
+  Tensor q = Tensor::empty({qs.total(), d}), kk = Tensor::empty({ks.total(), d}), v = Tensor::empty({ks.total(), d});
+  if (every_head) {
     project(x.data(), qs.total(), d, w.wq, w.bq, 0, d, scale, q.data(), d);
     project(memory.data(), ks.total(), d, w.wk, w.bk, 0, d, 1.0f, kk.data(), d);
     project(memory.data(), ks.total(), d, w.wv, w.bv, 0, d, 1.0f, v.data(), d);
-    Tensor ctx = Tensor::empty({qs.total(), d});
-#pragma omp parallel for schedule(dynamic) if (per_example_threads)
-    for (int64_t b = 0; b < B; b++) {
-      const int64_t n = qs.rows(b), m = ks.rows(b), qr = qs.at[size_t(b)], kr = ks.at[size_t(b)];
-      double f = 4.0 * double(n) * d * d + 4.0 * double(m) * d * d;  // Q and output projections; K and V
-      f += attend_heads(q.data() + qr * d, d, kk.data() + kr * d, d, v.data() + kr * d, d, ctx.data() + qr * d, d, n,
-                        m, k, all);
-      flops[size_t(b)] += f;
+    for (int64_t b = 0; b < B; b++) flops[size_t(b)] += 2.0 * double(qs.rows(b)) * d * d + 4.0 * double(ks.rows(b)) * d * d;
+  } else {
+    // One job per (example, run of kept heads, projection): small GEMMs, so
+    // the jobs, not the GEMMs, are spread over the threads.
+    struct Job {
+      int64_t b, h0, h1;
+      int which;  // 0 Q, 1 K, 2 V
+    };
+    std::vector<Job> jobs;
+    for (int64_t b = 0; b < B; b++)
+      for (auto [h0, h1] : runs[size_t(b)])
+        for (int64_t from = h0; from < h1; from += 2)  // at most two heads a job, so few examples still fill the threads
+          for (int which = 0; which < 3; which++) jobs.push_back({b, from, std::min(from + 2, h1), which});
+#pragma omp parallel for schedule(dynamic)
+    for (size_t j = 0; j < jobs.size(); j++) {
+      const Job& job = jobs[j];
+      const int64_t c0 = job.h0 * k, cols = (job.h1 - job.h0) * k;
+      if (job.which == 0)
+        project(x.data() + qs.at[size_t(job.b)] * d, qs.rows(job.b), d, w.wq, w.bq, c0, cols, scale,
+                q.data() + qs.at[size_t(job.b)] * d, d);
+      else
+        project(memory.data() + ks.at[size_t(job.b)] * d, ks.rows(job.b), d, job.which == 1 ? w.wk : w.wv,
+                job.which == 1 ? w.bk : w.bv, c0, cols, 1.0f, (job.which == 1 ? kk : v).data() + ks.at[size_t(job.b)] * d,
+                d);
     }
-    for (int64_t r = 0; r < qs.total(); r++) std::copy(w.bo, w.bo + d, out.data() + r * d);
-    sgemm(false, true, int(qs.total()), int(d), int(d), 1.0f, ctx.data(), int(d), w.wo, int(d), 1.0f, out.data(),
-          int(d));
-    return out;
+    for (int64_t b = 0; b < B; b++)
+      for (auto [h0, h1] : runs[size_t(b)])
+        flops[size_t(b)] += 2.0 * double(qs.rows(b)) * d * double((h1 - h0) * k) + 4.0 * double(ks.rows(b)) * d * double((h1 - h0) * k);
   }
 
-  const float* keep = head_keep.data();
+  // --- attention: softmax(Q_h K_h^T) V_h per (example, kept head)
+  std::vector<std::pair<int64_t, int64_t>> jobs;
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t h : kept[size_t(b)]) jobs.push_back({b, h});
+  Tensor ctx = Tensor::empty({qs.total(), d});
+  std::vector<double> job_flops(jobs.size());
+#pragma omp parallel for schedule(dynamic)
+  for (size_t j = 0; j < jobs.size(); j++) {
+    const auto [b, h] = jobs[j];
+    const int64_t n = qs.rows(b), m = ks.rows(b), qr = qs.at[size_t(b)], kr = ks.at[size_t(b)];
+    thread_local std::vector<float> scores;
+    scores.resize(size_t(n * m));
+    sgemm(false, true, int(n), int(m), int(k), 1.0f, q.data() + qr * d + h * k, int(d), kk.data() + kr * d + h * k,
+          int(d), 0.0f, scores.data(), int(m));  // (n, m) = Q_h K_h^T
+    softmax_rows(scores.data(), n, m);
+    sgemm(false, false, int(n), int(k), int(m), 1.0f, scores.data(), int(m), v.data() + kr * d + h * k, int(d), 0.0f,
+          ctx.data() + qr * d + h * k, int(d));  // (n, k) = A V_h
+    job_flops[j] = 4.0 * double(n) * double(m) * double(k);
+  }
+  for (size_t j = 0; j < jobs.size(); j++) flops[size_t(jobs[j].first)] += job_flops[j];
+
+  // --- output projection: O = b_o + sum over kept runs of ctx[:, run] W_o[:, run]^T
+  Tensor out = Tensor::empty({qs.total(), d});
+  for (int64_t r = 0; r < qs.total(); r++) std::copy(w.bo, w.bo + d, out.data() + r * d);
+  if (every_head) {
+    sgemm(false, true, int(qs.total()), int(d), int(d), 1.0f, ctx.data(), int(d), w.wo, int(d), 1.0f, out.data(), int(d));
+    for (int64_t b = 0; b < B; b++) flops[size_t(b)] += 2.0 * double(qs.rows(b)) * d * d;
+  } else {
+    // Per example, the kept heads' context columns and the matching columns
+    // of W_o are gathered side by side, so the output projection is one GEMM
+    // of the example's kept width (a run-by-run sum would race on O).
 #pragma omp parallel for schedule(dynamic) if (per_example_threads)
-  for (int64_t b = 0; b < B; b++) {
-    const int64_t n = qs.rows(b), m = ks.rows(b);
-    const float* X = x.data() + qs.at[size_t(b)] * d;
-    const float* M = memory.data() + ks.at[size_t(b)] * d;
-    float* O = out.data() + qs.at[size_t(b)] * d;
-    thread_local std::vector<float> q, kk, v, ctx;
-    q.resize(size_t(n * d)), kk.resize(size_t(m * d)), v.resize(size_t(m * d)), ctx.resize(size_t(n * d));
-    std::vector<int64_t> kept;
-    std::vector<std::pair<int64_t, int64_t>> runs;  // [h0, h1) of kept heads
-    for (int64_t h = 0; h < H; h++) {
-      if (keep[b * H + h] == 0.0f) continue;
-      kept.push_back(h);
-      if (!runs.empty() && runs.back().second == h) runs.back().second = h + 1;
-      else runs.push_back({h, h + 1});
+    for (int64_t b = 0; b < B; b++) {
+      const int64_t n = qs.rows(b), qr = qs.at[size_t(b)], width = int64_t(kept[size_t(b)].size()) * k;
+      if (width == 0) continue;
+      thread_local std::vector<float> ctx_kept, wo_kept;
+      ctx_kept.resize(size_t(n * width)), wo_kept.resize(size_t(d * width));
+      for (size_t j = 0; j < kept[size_t(b)].size(); j++) {
+        const int64_t h = kept[size_t(b)][j];
+        for (int64_t r = 0; r < n; r++)
+          std::copy_n(ctx.data() + (qr + r) * d + h * k, k, ctx_kept.data() + r * width + int64_t(j) * k);
+        for (int64_t r = 0; r < d; r++) std::copy_n(w.wo + r * d + h * k, k, wo_kept.data() + r * width + int64_t(j) * k);
+      }
+      sgemm(false, true, int(n), int(d), int(width), 1.0f, ctx_kept.data(), int(width), wo_kept.data(), int(width), 1.0f,
+            out.data() + qr * d, int(d));
+      flops[size_t(b)] += 2.0 * double(n) * double(width) * double(d);
     }
-    double f = 0;
-    for (auto [h0, h1] : runs) {
-      const int64_t c0 = h0 * k, cols = (h1 - h0) * k;
-      project(X, n, d, w.wq, w.bq, c0, cols, scale, q.data(), d);
-      project(M, m, d, w.wk, w.bk, c0, cols, 1.0f, kk.data(), d);
-      project(M, m, d, w.wv, w.bv, c0, cols, 1.0f, v.data(), d);
-      f += 2.0 * n * d * cols + 4.0 * m * d * cols;
-    }
-    f += attend_heads(q.data(), d, kk.data(), d, v.data(), d, ctx.data(), d, n, m, k, kept);
-    for (int64_t r = 0; r < n; r++) std::copy(w.bo, w.bo + d, O + r * d);
-    for (auto [h0, h1] : runs) {  // O += ctx[:, run] Wo[:, run]^T
-      const int64_t c0 = h0 * k, cols = (h1 - h0) * k;
-      sgemm(false, true, int(n), int(d), int(cols), 1.0f, ctx.data() + c0, int(d), w.wo + c0, int(d), 1.0f, O, int(d));
-      f += 2.0 * n * cols * d;
-    }
-    flops[size_t(b)] += f;
   }
   return out;
 }
