@@ -31,10 +31,11 @@ Tensor linear_rows(const Tensor& x, const Linear& lin, const Segments& s, Flops&
 Tensor segment_mean(const Tensor& x, const Segments& s) {
   const int64_t d = x.dim(-1);
   Tensor out = Tensor::zeros({s.examples(), d});
+  const float* in = x.data();
   for (int64_t b = 0; b < s.examples(); b++) {
     float* o = out.data() + b * d;
     for (int64_t r = s.at[size_t(b)]; r < s.at[size_t(b + 1)]; r++)
-      for (int64_t j = 0; j < d; j++) o[j] += x.data()[r * d + j];
+      for (int64_t j = 0; j < d; j++) o[j] += in[r * d + j];
     const float inv = 1.0f / float(std::max<int64_t>(1, s.rows(b)));
     for (int64_t j = 0; j < d; j++) o[j] *= inv;
   }
@@ -133,7 +134,10 @@ Tensor packed_attention(const Attention& attention, const Tensor& x, const Segme
   bool every_head = true;  // no mask, or one that keeps every head of every example
   for (int64_t i = 0; head_keep.defined() && i < head_keep.numel(); i++) every_head = every_head && head_keep.data()[i] != 0.0f;
   // Many examples: one thread per example (GEMMs inside run single-threaded). Few: the GEMMs use the threads.
-  const bool per_example_threads = B >= 2 * omp_get_max_threads();
+  // Tiny work stays on one thread: a parallel region costs more than it saves there.
+  const double work = 2.0 * double(qs.total() + ks.total()) * double(d) * double(d);
+  const bool worth_threads = work > 4e6;
+  const bool per_example_threads = worth_threads && B >= 2 * omp_get_max_threads();
 
   // Kept heads of each example, and their runs [h0, h1).
   std::vector<std::vector<int64_t>> kept(static_cast<size_t>(B));
@@ -166,7 +170,7 @@ Tensor packed_attention(const Attention& attention, const Tensor& x, const Segme
       for (auto [h0, h1] : runs[size_t(b)])
         for (int64_t from = h0; from < h1; from += 2)  // at most two heads a job, so few examples still fill the threads
           for (int which = 0; which < 3; which++) jobs.push_back({b, from, std::min(from + 2, h1), which});
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(dynamic) if (worth_threads)
     for (size_t j = 0; j < jobs.size(); j++) {
       const Job& job = jobs[j];
       const int64_t c0 = job.h0 * k, cols = (job.h1 - job.h0) * k;
@@ -189,7 +193,7 @@ Tensor packed_attention(const Attention& attention, const Tensor& x, const Segme
     for (int64_t h : kept[size_t(b)]) jobs.push_back({b, h});
   Tensor ctx = Tensor::empty({qs.total(), d});
   std::vector<double> job_flops(jobs.size());
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(dynamic) if (worth_threads)
   for (size_t j = 0; j < jobs.size(); j++) {
     const auto [b, h] = jobs[j];
     const int64_t n = qs.rows(b), m = ks.rows(b), qr = qs.at[size_t(b)], kr = ks.at[size_t(b)];
