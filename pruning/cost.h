@@ -52,6 +52,11 @@ T msa(const T& n, const T& h, double d, double k) {
   // QKV and output projections: 2 n d (3 h k) + 2 n (h k) d = 8 d k (n h); scores and A V: 4 k (n^2 h)
   return times(n * h, 8.0 * d * k) + times(n * n * h, 4.0 * k);
 }
+// MSA with a fixed number of heads (the encoders, which have no head trimmers).
+template <typename T>
+T msa_all_heads(const T& n, double heads, double d, double k) {
+  return times(n, 8.0 * d * k * heads) + times(n * n, 4.0 * k * heads);
+}
 template <typename T>
 T mca(const T& n, const T& n_other, const T& h, double d, double k) {
   // Q and output projections on n, K and V on n': 4 d k (n h) + 4 d k (n' h); scores and A V: 4 k (n n' h)
@@ -84,14 +89,10 @@ T pass_flops(const MeterConfig& c, const PassCounts<T>& n, bool with_trimmers) {
   double fixed = 2.0 * patches * (3.0 * p * p) * w  // patch embedding
                  + 2.0 * 2.0 * d * d;                // the two poolers read one token each
   T total = times(n.text_out, 2.0 * tw * d) + times(n.image_out, 2.0 * w * d);  // the bridge
-  for (size_t l = 0; l < n.vit_tokens.size(); l++) {
-    const T all_heads = times(n.vit_tokens[l], 0.0) + double(c.vit_heads);
-    total = total + msa(n.vit_tokens[l], all_heads, w, kv) + ffn(n.vit_tokens[l], w, double(c.vit_ffn_size));
-  }
-  for (size_t l = 0; l < n.text_tokens.size(); l++) {
-    const T all_heads = times(n.text_tokens[l], 0.0) + double(c.text_heads);
-    total = total + msa(n.text_tokens[l], all_heads, tw, kt) + ffn(n.text_tokens[l], tw, double(c.text_ffn_size));
-  }
+  for (const T& tokens : n.vit_tokens)
+    total = total + msa_all_heads(tokens, double(c.vit_heads), w, kv) + ffn(tokens, w, double(c.vit_ffn_size));
+  for (const T& tokens : n.text_tokens)
+    total = total + msa_all_heads(tokens, double(c.text_heads), tw, kt) + ffn(tokens, tw, double(c.text_ffn_size));
   for (size_t i = 0; i < n.cross_text_tokens.size(); i++) {
     const T& nt = n.cross_text_tokens[i];
     const T& nv = n.cross_image_tokens[i];

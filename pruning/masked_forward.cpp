@@ -23,13 +23,6 @@ Tensor carry(const Tensor& keep, const Tensor& updated, const Tensor& x) {
   return m * updated + (1.0f - m) * x;
 }
 
-// Index of `layer` in a trimmer site list, or -1.
-int site(const std::vector<int>& layers, int layer) {
-  for (size_t i = 0; i < layers.size(); i++)
-    if (layers[i] == layer) return int(i);
-  return -1;
-}
-
 }  // namespace
 
 MeterFeatures Meter::forward_trimmed(const Tensor& ids, const Tensor& mask, const Tensor& image, const Context& ctx,
@@ -54,7 +47,7 @@ MeterFeatures Meter::forward_trimmed(const Tensor& ids, const Tensor& mask, cons
   if (!text_token_trimmers_.empty())
     image_summary = masked_mean(patches, Tensor::ones({patches.dim(0), patches.dim(1)}, patches.device()));
   for (int l = 0; l < c.text_layers; l++) {
-    if (int s = site(tc.text_token_layers, l); s >= 0) {
+    if (int s = TrimConfig::site(tc.text_token_layers, l); s >= 0) {
       n.text_scored.push_back(sum_last(keep_t));
       keep_t = token_mask(text_token_trimmers_[size_t(s)], t, keep_t, image_summary);
     }
@@ -69,7 +62,7 @@ MeterFeatures Meter::forward_trimmed(const Tensor& ids, const Tensor& mask, cons
   Tensor v = vit_.embed(patches);  // (B, N, W)
   Tensor keep_v = Tensor::ones({v.dim(0), v.dim(1)}, v.device());
   for (int l = 0; l < c.vit_layers; l++) {
-    if (int s = site(tc.vit_token_layers, l); s >= 0) {
+    if (int s = TrimConfig::site(tc.vit_token_layers, l); s >= 0) {
       n.vit_scored.push_back(sum_last(keep_v));
       keep_v = token_mask(vit_token_trimmers_[size_t(s)], v, keep_v, text_first);
     }
@@ -86,7 +79,7 @@ MeterFeatures Meter::forward_trimmed(const Tensor& ids, const Tensor& mask, cons
   v = image_transform_.forward(v) + type_row(image_type);  // (B, N, d)
   const Tensor all_heads = Tensor::full({ids.dim(0)}, float(c.num_heads), ids.device());
   for (int l = 0; l < c.num_cross_layers; l++) {
-    if (int s = site(tc.cross_token_layers, l); s >= 0) {
+    if (int s = TrimConfig::site(tc.cross_token_layers, l); s >= 0) {
       n.cross_text_scored.push_back(sum_last(keep_t));
       n.cross_image_scored.push_back(sum_last(keep_v));
       Tensor next_t = token_mask(cross_text_token_trimmers_[size_t(s)], t, keep_t, first_token(v));
@@ -94,7 +87,7 @@ MeterFeatures Meter::forward_trimmed(const Tensor& ids, const Tensor& mask, cons
       keep_t = next_t, keep_v = next_v;
     }
     Tensor z_ts, z_tc, z_vs, z_vc;  // head masks (B, H); undefined: every head
-    if (int s = site(tc.cross_head_layers, l); s >= 0) {
+    if (int s = TrimConfig::site(tc.cross_head_layers, l); s >= 0) {
       const CrossHeadTrimmers& h = cross_head_trimmers_[size_t(s)];
       auto heads = [&](const Tensor& logits) { return head_mask(logits, tc.tau, opt.head_threshold, opt.noise); };
       z_ts = heads(h.text_self.logits(t, keep_t));

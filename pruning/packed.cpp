@@ -14,9 +14,10 @@ namespace {
 
 using Flops = std::vector<double>;
 
-Segments one_row_each(int64_t examples) {
+// `examples` segments of `rows` rows each (rows 1: one row per example).
+Segments even_segments(int64_t examples, int64_t rows = 1) {
   Segments s;
-  for (int64_t b = 0; b < examples; b++) s.at.push_back(b + 1);
+  for (int64_t b = 0; b < examples; b++) s.at.push_back((b + 1) * rows);
   return s;
 }
 
@@ -263,7 +264,7 @@ std::vector<float> keep_tokens(const TokenTrimmer& tr, const Tensor& x, const Se
   Tensor h = gelu(linear_rows(tr.ln_x.forward(x), tr.local, s, flops));  // (R, d_t)
   std::vector<Tensor> views = {h, spread_to_rows(segment_mean(h, s), s)};
   if (tr.cross_modal) {
-    Tensor u = gelu(linear_rows(tr.ln_c.forward(summary), tr.cross, one_row_each(s.examples()), flops));  // (B, d_t)
+    Tensor u = gelu(linear_rows(tr.ln_c.forward(summary), tr.cross, even_segments(s.examples()), flops));  // (B, d_t)
     views.push_back(spread_to_rows(u, s));
   }
   Tensor logits = linear_rows(gelu(linear_rows(concat(views, -1), tr.mlp1, s, flops)), tr.mlp2, s, flops);  // (R, 1)
@@ -276,15 +277,9 @@ Tensor keep_heads(const HeadTrimmer& tr, const Tensor& x, const Segments& xs, co
                   const Segments& os, float tau, float theta, Flops& flops) {
   Tensor q = segment_mean(x, xs);                                          // (B, d)
   if (other.defined()) q = concat({q, segment_mean(other, os)}, -1);      // (B, 2d)
-  const Segments each = one_row_each(xs.examples());
+  const Segments each = even_segments(xs.examples());
   Tensor logits = linear_rows(gelu(linear_rows(tr.ln.forward(q), tr.fc1, each, flops)), tr.fc2, each, flops);
   return head_mask(logits, tau, theta, nullptr);  // (B, H)
-}
-
-int site(const std::vector<int>& layers, int layer) {
-  for (size_t i = 0; i < layers.size(); i++)
-    if (layers[i] == layer) return int(i);
-  return -1;
 }
 
 }  // namespace
@@ -320,13 +315,9 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
   Tensor t = gather_rows(all_text, Tensor::from_ints(real, {int64_t(real.size())}));  // (R_t, Tw)
   Tensor image_summary;
   if (trimming && !tc.text_token_layers.empty())
-    image_summary = segment_mean(reshape(patches, {B * patches.dim(1), c.vit_width}), [&] {
-      Segments s;
-      for (int64_t b = 0; b < B; b++) s.at.push_back((b + 1) * patches.dim(1));
-      return s;
-    }());
+    image_summary = segment_mean(reshape(patches, {B * patches.dim(1), c.vit_width}), even_segments(B, patches.dim(1)));
   for (int l = 0; l < c.text_layers; l++) {
-    if (int s = trimming ? site(tc.text_token_layers, l) : -1; s >= 0) {
+    if (int s = trimming ? TrimConfig::site(tc.text_token_layers, l) : -1; s >= 0) {
       record(&PassCounts<double>::text_scored, ts);
       ts = repack(t, ts, keep_tokens(m_.text_token_trimmers_[size_t(s)], t, ts, image_summary, tc.tau,
                                      opt.token_threshold, flops));
@@ -340,10 +331,9 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
   // --- image encoder
   const int64_t N = c.image_tokens();
   Tensor v = reshape(m_.vit_.embed(patches), {B * N, c.vit_width});
-  Segments vs;
-  for (int64_t b = 0; b < B; b++) vs.at.push_back((b + 1) * N);
+  Segments vs = even_segments(B, N);
   for (int l = 0; l < c.vit_layers; l++) {
-    if (int s = trimming ? site(tc.vit_token_layers, l) : -1; s >= 0) {
+    if (int s = trimming ? TrimConfig::site(tc.vit_token_layers, l) : -1; s >= 0) {
       record(&PassCounts<double>::vit_scored, vs);
       vs = repack(v, vs, keep_tokens(m_.vit_token_trimmers_[size_t(s)], v, vs, text_first, tc.tau,
                                      opt.token_threshold, flops));
@@ -362,7 +352,7 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
   t = linear_rows(t, m_.text_transform_, ts, flops) + type_row(0);
   v = linear_rows(v, m_.image_transform_, vs, flops) + type_row(image_type);
   for (int l = 0; l < c.num_cross_layers; l++) {
-    if (int s = trimming ? site(tc.cross_token_layers, l) : -1; s >= 0) {
+    if (int s = trimming ? TrimConfig::site(tc.cross_token_layers, l) : -1; s >= 0) {
       record(&PassCounts<double>::cross_text_scored, ts);
       record(&PassCounts<double>::cross_image_scored, vs);
       const Tensor t_first = first_rows(t, ts), v_first = first_rows(v, vs);  // before either stream changes
@@ -374,7 +364,7 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
       vs = repack(v, vs, keep_v);
     }
     Tensor z_ts, z_tc, z_vs, z_vc;
-    if (int s = trimming ? site(tc.cross_head_layers, l) : -1; s >= 0) {
+    if (int s = trimming ? TrimConfig::site(tc.cross_head_layers, l) : -1; s >= 0) {
       const auto& h = m_.cross_head_trimmers_[size_t(s)];
       const float tau = tc.tau, theta = opt.head_threshold;
       z_ts = keep_heads(h.text_self, t, ts, Tensor(), ts, tau, theta, flops);
@@ -407,7 +397,7 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
     t = t_next, v = v_next;  // both read the previous layer's outputs
   }
 
-  const Segments each = one_row_each(B);
+  const Segments each = even_segments(B);
   pass.cls = concat({tanh(linear_rows(first_rows(t, ts), m_.text_pooler_, each, flops)),
                      tanh(linear_rows(first_rows(v, vs), m_.image_pooler_, each, flops))},
                     -1);  // (B, 2d)
@@ -428,7 +418,7 @@ PackedOutput PackedMeter::run(Task task, const Tensor& ids, const Tensor& mask, 
   Pass first = one_pass(ids, mask, image, 1, opt, out.flops);
   out.cls = first.cls;
   out.counts = first.counts;
-  const Segments each = one_row_each(B);
+  const Segments each = even_segments(B);
   auto head = [&](const Linear& lin, const Tensor& x) { return linear_rows(x, lin, each, out.flops); };
   auto classifier = [&](const Classifier& c, const Tensor& x) {
     return head(c.fc2, gelu(c.norm.forward(head(c.fc1, x))));

@@ -18,6 +18,13 @@ struct TrimConfig {
   bool cross_modal_guidance = true;     // ablation: false drops the cross-modal input u
   float tau = 1.0f;                     // Gumbel-sigmoid temperature
 
+  // Index of `layer` in one of the lists above (the trimmer at that site), or -1.
+  static int site(const std::vector<int>& layers, int layer) {
+    for (size_t i = 0; i < layers.size(); i++)
+      if (layers[i] == layer) return int(i);
+    return -1;
+  }
+
   bool has_token_trimmers() const {
     return !vit_token_layers.empty() || !text_token_layers.empty() || !cross_token_layers.empty();
   }
