@@ -48,6 +48,7 @@ void check_same_counts(const st::PassCounts<double>& a, const st::PassCounts<dou
   CHECK(a.image_self_heads == b.image_self_heads);
   CHECK(a.image_cross_heads == b.image_cross_heads);
   CHECK(a.vit_scored == b.vit_scored);
+  CHECK(a.text_scored == b.text_scored);
   CHECK(a.cross_text_scored == b.cross_text_scored);
   CHECK(a.cross_image_scored == b.cross_image_scored);
 }
@@ -55,9 +56,19 @@ void check_same_counts(const st::PassCounts<double>& a, const st::PassCounts<dou
 }  // namespace
 
 TEST_CASE("packed: masked and packed passes agree, and the executed FLOPs equal the cost model, per example") {
-  for (const char* name : {"configs/meter-tiny-smarttrim.json", "configs/meter-tiny.json"}) {
+  // The shipped placement, the plain model, and two variants that exercise the
+  // other code paths: text-encoder trimmers, and trimmers without cross-modal guidance.
+  st::MeterConfig shipped = st::load_meter_config("configs/meter-tiny-smarttrim.json");
+  st::MeterConfig text_trimmers = shipped, unguided = shipped;
+  text_trimmers.trim.text_token_layers = {1};
+  unguided.trim.cross_modal_guidance = false;
+  const std::vector<std::pair<const char*, st::MeterConfig>> configs = {
+      {"meter-tiny-smarttrim", shipped},
+      {"meter-tiny", st::load_meter_config("configs/meter-tiny.json")},
+      {"with text-encoder trimmers", text_trimmers},
+      {"without cross-modal guidance", unguided}};
+  for (const auto& [name, c] : configs) {
     INFO(name);
-    st::MeterConfig c = st::load_meter_config(name);
     st::Meter model(c, 21);
     sharpen_trimmers(model, 2000.0f, 0.5f);
     st::testing::MeterBatch b = st::testing::make_meter_batch(c, {9, 4, 7, 9, 2}, 9, 5);
@@ -91,6 +102,12 @@ TEST_CASE("packed: masked and packed passes agree, and the executed FLOPs equal 
         }
         CHECK(got.flops[size_t(e)] == model_flops);
         kept_image.push_back(got.counts[size_t(e)].cross_image_tokens.front());
+      }
+      if (!c.trim.text_token_layers.empty()) {  // the text trimmer did drop something
+        double text_dropped = 0;
+        for (int64_t e = 0; e < 5; e++)
+          text_dropped += got.counts[size_t(e)].text_scored[0] - got.counts[size_t(e)].text_tokens.back();
+        CHECK(text_dropped > 0);
       }
       // the batch really is ragged: examples keep different numbers of image tokens
       CHECK(*std::min_element(kept_image.begin(), kept_image.end()) <
