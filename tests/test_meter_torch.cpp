@@ -10,31 +10,16 @@
 #include <memory>
 
 #include "layers/meter.h"
+#include "tests/compare.h"
 #include "tests/support.h"
 #include "weights/format.h"
 
 using st::Tensor;
 namespace fs = std::filesystem;
+using st::testing::max_abs;
+using st::testing::relative_error;
 
 namespace {
-
-double max_abs(const Tensor& x) {
-  double m = 0;
-  for (float v : x.to_vector()) m = std::max(m, std::fabs(double(v)));
-  return m;
-}
-
-// max |a - b| / max |b|: one number per tensor, scale-free.
-double relative_error(const Tensor& got, const Tensor& want) {
-  REQUIRE(got.shape() == want.shape());
-  std::vector<float> a = got.to_vector(), b = want.to_vector();
-  double diff = 0, scale = 0;
-  for (size_t i = 0; i < a.size(); i++) {
-    diff = std::max(diff, std::fabs(double(a[i]) - double(b[i])));
-    scale = std::max(scale, std::fabs(double(b[i])));
-  }
-  return scale == 0 ? diff : diff / scale;
-}
 
 struct Reference {
   fs::path dir;

@@ -7,6 +7,7 @@
 
 #include "layers/meter.h"
 #include "pruning/packed.h"
+#include "tests/compare.h"
 #include "tests/meter_batch.h"
 
 using st::Tensor;
@@ -23,17 +24,6 @@ void sharpen_trimmers(st::Meter& m, float scale, float token_bias) {
       for (int64_t i = 0; i < t->numel(); i++) t->data()[i] *= scale;
     if (name.find(".mlp2.bias") != std::string::npos) t->data()[0] = token_bias;
   }
-}
-
-double relative(const Tensor& a, const Tensor& b) {
-  std::vector<float> x = a.to_vector(), y = b.to_vector();
-  double diff = 0, scale = 0;
-  for (size_t i = 0; i < x.size(); i++) {
-    if (!std::isfinite(x[i]) || !std::isfinite(y[i])) return INFINITY;
-    diff = std::max(diff, std::fabs(double(x[i]) - y[i]));
-    scale = std::max(scale, std::fabs(double(y[i])));
-  }
-  return diff / scale;
 }
 
 void check_same_counts(const st::PassCounts<double>& a, const st::PassCounts<double>& b) {
@@ -88,8 +78,8 @@ TEST_CASE("packed: masked and packed passes agree, and the executed FLOPs equal 
         want = model.vqa_logits(f1.cls);
       }
       st::PackedOutput got = packed.run(task, b.ids, b.mask, b.image, nlvr2 ? b.image2 : Tensor(), {});
-      CHECK(relative(got.logits, want) < 1e-5);
-      CHECK(relative(got.cls, f1.cls) < 1e-5);
+      CHECK(st::testing::relative_error(got.logits, want) < 1e-5);
+      CHECK(st::testing::relative_error(got.cls, f1.cls) < 1e-5);
       if (!c.trim.enabled) continue;
       // every example's executed FLOPs are the cost model's count of what it kept
       std::vector<double> kept_image;
@@ -125,7 +115,7 @@ TEST_CASE("packed: with its trimmers off a trimmed model runs at full capacity, 
   st::PackedMeter::Options full;
   full.trimmers = false;
   st::PackedOutput got = st::PackedMeter(model).run(st::Task::SNLI, b.ids, b.mask, b.image, full);
-  CHECK(relative(got.logits, model.snli_logits(model.forward(b.ids, b.mask, b.image, eval).cls)) < 1e-5);
+  CHECK(st::testing::relative_error(got.logits, model.snli_logits(model.forward(b.ids, b.mask, b.image, eval).cls)) < 1e-5);
   const int lengths[] = {9, 3, 6};
   for (int e = 0; e < 3; e++) CHECK(got.flops[size_t(e)] == st::full_flops(c, lengths[e], st::Task::SNLI));
 }

@@ -9,6 +9,7 @@
 #include "layers/meter.h"
 #include "pruning/cost.h"
 #include "pruning/curriculum.h"
+#include "tests/compare.h"
 #include "tests/meter_batch.h"
 
 using st::Tensor;
@@ -28,16 +29,6 @@ void bias_trimmers(st::Meter& m, float token_bias, float head_bias) {
   }
 }
 
-double max_relative(const Tensor& a, const Tensor& b) {
-  std::vector<float> x = a.to_vector(), y = b.to_vector();
-  double diff = 0, scale = 0;
-  for (size_t i = 0; i < x.size(); i++) {
-    diff = std::max(diff, std::fabs(double(x[i]) - y[i]));
-    scale = std::max(scale, std::fabs(double(y[i])));
-  }
-  return diff / scale;
-}
-
 }  // namespace
 
 TEST_CASE("smarttrim: trimmers that keep everything change nothing") {
@@ -50,7 +41,7 @@ TEST_CASE("smarttrim: trimmers that keep everything change nothing") {
   st::MeterFeatures plain = model.forward(b.ids, b.mask, b.image, eval);
   st::MeterFeatures masked = model.forward(b.ids, b.mask, b.image, eval, 1, &trim);
   REQUIRE(masked.trimmed);
-  CHECK(max_relative(masked.cls, plain.cls) < 1e-5);
+  CHECK(st::testing::relative_error(masked.cls, plain.cls) < 1e-5);
   CHECK(masked.image_keep.to_vector() == std::vector<float>(size_t(3 * c.image_tokens()), 1.0f));
   CHECK(masked.text_keep.to_vector() == b.mask.to_vector());  // padding stays dropped, nothing else
   // the full counts, and the cost model's FLOPs, with the trimmers' own work on top
