@@ -12,7 +12,7 @@ OPT      ?= -O3
 CXXFLAGS ?= $(OPT) -g
 CXXFLAGS += -std=c++20 -Wall -Wextra -fopenmp -I. -MMD -MP
 LDFLAGS  += -fopenmp
-LDLIBS   += -lm
+LDLIBS   += -lz -lm
 
 # --- CUDA: compiled whenever nvcc is found, so a GPU-less CI proves it builds.
 # nvcc on PATH may be a wrapper script in another folder, so CUDA_HOME is
@@ -94,15 +94,17 @@ test-asan:
 	        LDFLAGS="-fopenmp -fsanitize=address,undefined" NVCC= test
 
 # --- dependencies from Debian's archive.
-DEB_PACKAGES := libstb-dev doctest-dev nlohmann-json3-dev python3-torch python3-numpy libopenblas-dev
+DEB_PACKAGES := libstb-dev doctest-dev nlohmann-json3-dev zlib1g-dev python3-torch python3-numpy python3-pil \
+                python3-matplotlib libopenblas-dev dataset-fashion-mnist
 deps:
 	@tools/deps.sh $(DEB_PACKAGES)
 
 # Installs only when something the build or the tests need is missing.
 check-deps:
 	@test -f /usr/include/doctest/doctest.h -a -f /usr/include/nlohmann/json.hpp \
-	      -a -f /usr/include/stb/stb_image.h -a -n "$(OPENBLAS_INC)" \
-	   && /usr/bin/python3 -c "import torch, numpy" 2>/dev/null \
+	      -a -f /usr/include/stb/stb_image.h -a -f /usr/include/zlib.h -a -n "$(OPENBLAS_INC)" \
+	      -a -d /usr/share/datasets/fashion-mnist \
+	   && /usr/bin/python3 -c "import torch, numpy, PIL, matplotlib" 2>/dev/null \
 	   || tools/deps.sh $(DEB_PACKAGES)
 
 clean:

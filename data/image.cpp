@@ -12,6 +12,7 @@
 #include <memory>
 
 #include "engine/error.h"
+#include "engine/files.h"
 
 // The single translation unit holding stb_image's implementation. Its code
 // is third-party and not warning-clean under -Wall -Wextra, so its warnings
@@ -29,6 +30,9 @@
 #pragma GCC diagnostic ignored "-Wimplicit-fallthrough"
 #pragma GCC diagnostic ignored "-Wmissing-field-initializers"
 #include <stb/stb_image.h>
+#define STB_IMAGE_WRITE_IMPLEMENTATION
+#define STBI_WRITE_NO_STDIO  // written to memory, then to disk atomically
+#include <stb/stb_image_write.h>
 #pragma GCC diagnostic pop
 
 namespace st {
@@ -264,6 +268,18 @@ Tensor to_tensor(const Image& image, const Normalization& norm) {
 Tensor clip_preprocess(const Image& image, int size) {
   return to_tensor(center_crop(resize_shorter_side(image, size, ResizeFilter::Bicubic), size, size),
                    kClipNormalization);
+}
+
+void save_png(const std::string& path, const Image& image) {
+  if (image.width <= 0 || image.height <= 0 || image.pixels.size() != size_t(image.width) * image.height * 3)
+    throw ArgumentError("save_png '" + path + "': the image has no pixels or the wrong number of them");
+  std::string png;
+  auto append = [](void* context, void* data, int size) {
+    static_cast<std::string*>(context)->append(static_cast<const char*>(data), size_t(size));
+  };
+  if (!stbi_write_png_to_func(append, &png, image.width, image.height, 3, image.pixels.data(), image.width * 3))
+    throw Error("save_png '" + path + "': the PNG encoder failed");
+  write_file_atomically(path, png);
 }
 
 }  // namespace st

@@ -56,6 +56,10 @@ constexpr Normalization kImageNetNormalization{{0.485f, 0.456f, 0.406f}, {0.229f
 // (3, H, W) float tensor of (pixel / 255 - mean[c]) / std[c].
 Tensor to_tensor(const Image& image, const Normalization& norm);
 
+// Writes an 8-bit RGB PNG through stb_image_write, atomically (engine/files.h).
+// Throws st::Error naming the file when it cannot be written.
+void save_png(const std::string& path, const Image& image);
+
 // METER's CLIP preprocessing: bicubic resize of the shorter side to `size`,
 // center crop to size x size, CLIP normalisation. Gives (3, size, size).
 Tensor clip_preprocess(const Image& image, int size);

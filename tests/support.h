@@ -1,12 +1,15 @@
 // Helpers shared by tests that run other programs: the smarttrim binary,
-// the Python interpreter of the PyTorch reference tests, and a way to run a
-// command and keep what it printed.
+// the Python interpreter of the PyTorch reference tests, a way to run a
+// command and keep what it printed, and a scratch directory.
 #pragma once
+#include <stdlib.h>
 #include <sys/wait.h>
 
 #include <array>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <stdexcept>
 #include <string>
 
 namespace st::testing {
@@ -39,5 +42,22 @@ inline std::string smarttrim_binary() { return env_or("SMARTTRIM_BIN", "build/sm
 // $SMARTTRIM_PYTHON or Debian's /usr/bin/python3, which has python3-torch
 // after `make deps`. Tests that need torch fail without it: it is a declared dependency.
 inline std::string python_interpreter() { return env_or("SMARTTRIM_PYTHON", "/usr/bin/python3"); }
+
+// A fresh directory under $TMPDIR, removed with everything in it when it goes out of scope.
+struct TempDir {
+  std::filesystem::path path;
+  TempDir() {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "smarttrim_test_XXXXXX").string();
+    if (::mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("cannot create a temporary directory");
+    path = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::string operator/(const std::string& name) const { return (path / name).string(); }
+};
 
 }  // namespace st::testing

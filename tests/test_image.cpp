@@ -23,24 +23,10 @@
 
 namespace fs = std::filesystem;
 using st::Image;
+using st::testing::TempDir;
 using st::ResizeFilter;
 
 namespace {
-
-// A fresh directory under $TMPDIR, removed when the test case ends.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "smarttrim_image_XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
 
 std::string script() { return (fs::path(__FILE__).parent_path() / "image_reference.py").string(); }
 
@@ -266,4 +252,23 @@ TEST_CASE("image: METER's CLIP preprocessing matches PIL resize + center crop") 
       }
     CHECK(worst <= 2.01);  // in pixel levels
   }
+}
+
+TEST_CASE("image: save_png round-trips, and a failed write leaves no file") {
+  TempDir dir;
+  Image image;
+  image.width = 7;
+  image.height = 5;
+  for (int i = 0; i < 7 * 5 * 3; i++) image.pixels.push_back(uint8_t(i * 37 + 11));
+  st::save_png(dir / "a.png", image);
+  const Image back = st::load_image(dir / "a.png");
+  CHECK(back.width == 7);
+  CHECK(back.height == 5);
+  CHECK(back.pixels == image.pixels);
+  CHECK_FALSE(fs::exists(dir / "a.png.tmp"));
+  CHECK_THROWS_AS(st::save_png(dir / "missing/b.png", image), st::Error);
+  CHECK_FALSE(fs::exists(dir / "missing/b.png.tmp"));
+  image.pixels.pop_back();
+  CHECK_THROWS_AS(st::save_png(dir / "c.png", image), st::ArgumentError);
+  CHECK_FALSE(fs::exists(dir / "c.png"));
 }
