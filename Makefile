@@ -33,7 +33,7 @@ else
   $(info CUDA off (nvcc not found, or NVCC= given): building the CPU engine only)
 endif
 
-LIB_SRC  := $(wildcard engine/*.cpp engine/ops/*.cpp layers/*.cpp pruning/*.cpp weights/*.cpp data/*.cpp)
+LIB_SRC  := $(wildcard engine/*.cpp engine/ops/*.cpp layers/*.cpp pruning/*.cpp weights/*.cpp data/*.cpp viz/*.cpp)
 LIB_OBJ  := $(LIB_SRC:%.cpp=$(BUILD)/obj/%.o) $(CUDA_SRC:%.cu=$(BUILD)/obj/%.o)
 APP_OBJ  := $(patsubst %.cpp,$(BUILD)/obj/%.o,$(wildcard apps/*.cpp))
 TEST_OBJ := $(patsubst %.cpp,$(BUILD)/obj/%.o,$(wildcard tests/*.cpp))
