@@ -3,6 +3,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "engine/error.h"
@@ -57,16 +58,26 @@ Tensor first_rows(const Tensor& x, const Segments& s) {
   return gather_rows(x, Tensor::from_ints(first, {s.examples()}));
 }
 
-// Keeps the rows whose flag is set; returns the new segments.
-Segments repack(Tensor& x, const Segments& s, const std::vector<float>& keep) {
+// Keeps the rows whose flag is set; returns the new segments. position[r]
+// (each row's index in its example's original sequence) is kept in step.
+Segments repack(Tensor& x, const Segments& s, const std::vector<float>& keep, std::vector<int32_t>& position) {
   Segments out;
-  std::vector<int32_t> rows;
+  std::vector<int32_t> rows, kept_position;
   for (int64_t b = 0; b < s.examples(); b++) {
     for (int64_t r = s.at[size_t(b)]; r < s.at[size_t(b + 1)]; r++)
-      if (keep[size_t(r)] != 0.0f) rows.push_back(int32_t(r));
+      if (keep[size_t(r)] != 0.0f) rows.push_back(int32_t(r)), kept_position.push_back(position[size_t(r)]);
     out.at.push_back(int64_t(rows.size()));
   }
   x = gather_rows(x, Tensor::from_ints(rows, {int64_t(rows.size())}));
+  position = std::move(kept_position);
+  return out;
+}
+
+// Each example's original positions, from a packed position list.
+std::vector<std::vector<int32_t>> positions_by_example(const std::vector<int32_t>& position, const Segments& s) {
+  std::vector<std::vector<int32_t>> out;
+  for (int64_t b = 0; b < s.examples(); b++)
+    out.emplace_back(position.begin() + s.at[size_t(b)], position.begin() + s.at[size_t(b + 1)]);
   return out;
 }
 
@@ -258,9 +269,12 @@ Tensor vit_block(const ViTBlock& blk, const Tensor& x, const Segments& s, Flops&
 
 // --- trimmers on packed rows
 
-// Keep flags (R) of a token trimmer: its logit > theta, the first row of every example kept.
+// Keep flags (R) of a token trimmer, the first row of every example always kept:
+//   keep_ratio == 0: logit > theta (SmartTrim's adaptive rule);
+//   keep_ratio > 0:  the ceil(keep_ratio * n) highest logits of each example's n rows
+//                    (the fixed-ratio top-k baseline: every example keeps the same share).
 std::vector<float> keep_tokens(const TokenTrimmer& tr, const Tensor& x, const Segments& s, const Tensor& summary,
-                               float tau, float theta, Flops& flops) {
+                               float tau, float theta, float keep_ratio, Flops& flops) {
   Tensor h = gelu(linear_rows(tr.ln_x.forward(x), tr.local, s, flops));  // (R, d_t)
   std::vector<Tensor> views = {h, spread_to_rows(segment_mean(h, s), s)};
   if (tr.cross_modal) {
@@ -268,7 +282,22 @@ std::vector<float> keep_tokens(const TokenTrimmer& tr, const Tensor& x, const Se
     views.push_back(spread_to_rows(u, s));
   }
   Tensor logits = linear_rows(gelu(linear_rows(concat(views, -1), tr.mlp1, s, flops)), tr.mlp2, s, flops);  // (R, 1)
-  std::vector<float> keep = gumbel_sigmoid_st(theta == 0 ? logits : logits - theta, tau, nullptr).to_vector();
+  std::vector<float> keep;
+  if (keep_ratio > 0) {
+    const std::vector<float> score = logits.to_vector();
+    keep.assign(score.size(), 0.0f);
+    for (int64_t b = 0; b < s.examples(); b++) {
+      const int64_t first = s.at[size_t(b)], n = s.rows(b);
+      std::vector<int64_t> order;
+      for (int64_t r = first + 1; r < first + n; r++) order.push_back(r);  // the first row is kept anyway
+      const int64_t k = std::min<int64_t>(int64_t(order.size()), int64_t(std::ceil(keep_ratio * double(n))) - 1);
+      std::partial_sort(order.begin(), order.begin() + std::max<int64_t>(k, 0), order.end(),
+                        [&](int64_t a, int64_t c) { return score[size_t(a)] > score[size_t(c)]; });
+      for (int64_t i = 0; i < k; i++) keep[size_t(order[size_t(i)])] = 1.0f;
+    }
+  } else {
+    keep = gumbel_sigmoid_st(theta == 0 ? logits : logits - theta, tau, nullptr).to_vector();
+  }
   for (int64_t b = 0; b < s.examples(); b++) keep[size_t(s.at[size_t(b)])] = 1.0f;
   return keep;
 }
@@ -305,11 +334,11 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
   // --- text: real tokens only
   Tensor all_text = reshape(m_.text_.embed(ids, eval), {B * T, c.text_width});
   Segments ts;
-  std::vector<int32_t> real;
+  std::vector<int32_t> real, t_pos;  // t_pos: each packed text row's position in its example's ids
   const std::vector<float> mask_values = mask.to_vector();
   for (int64_t b = 0; b < B; b++) {
     for (int64_t j = 0; j < T; j++)
-      if (mask_values[size_t(b * T + j)] != 0.0f) real.push_back(int32_t(b * T + j));
+      if (mask_values[size_t(b * T + j)] != 0.0f) real.push_back(int32_t(b * T + j)), t_pos.push_back(int32_t(j));
     ts.at.push_back(int64_t(real.size()));
   }
   Tensor t = gather_rows(all_text, Tensor::from_ints(real, {int64_t(real.size())}));  // (R_t, Tw)
@@ -320,7 +349,8 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
     if (int s = trimming ? TrimConfig::site(tc.text_token_layers, l) : -1; s >= 0) {
       record(&PassCounts<double>::text_scored, ts);
       ts = repack(t, ts, keep_tokens(m_.text_token_trimmers_[size_t(s)], t, ts, image_summary, tc.tau,
-                                     opt.token_threshold, flops));
+                                     opt.token_threshold, opt.keep_ratio, flops), t_pos);
+      pass.kept.push_back({"text", l, positions_by_example(t_pos, ts)});
     }
     record(&PassCounts<double>::text_tokens, ts);
     const BertLayer& layer = m_.text_.layers[size_t(l)];
@@ -332,11 +362,15 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
   const int64_t N = c.image_tokens();
   Tensor v = reshape(m_.vit_.embed(patches), {B * N, c.vit_width});
   Segments vs = even_segments(B, N);
+  std::vector<int32_t> v_pos;  // each packed image row's token index: 0 the class token, 1 + p patch p
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t i = 0; i < N; i++) v_pos.push_back(int32_t(i));
   for (int l = 0; l < c.vit_layers; l++) {
     if (int s = trimming ? TrimConfig::site(tc.vit_token_layers, l) : -1; s >= 0) {
       record(&PassCounts<double>::vit_scored, vs);
       vs = repack(v, vs, keep_tokens(m_.vit_token_trimmers_[size_t(s)], v, vs, text_first, tc.tau,
-                                     opt.token_threshold, flops));
+                                     opt.token_threshold, opt.keep_ratio, flops), v_pos);
+      pass.kept.push_back({"vit", l, positions_by_example(v_pos, vs)});
     }
     record(&PassCounts<double>::vit_tokens, vs);
     v = vit_block(m_.vit_.blocks[size_t(l)], v, vs, flops);
@@ -357,14 +391,17 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
       record(&PassCounts<double>::cross_image_scored, vs);
       const Tensor t_first = first_rows(t, ts), v_first = first_rows(v, vs);  // before either stream changes
       std::vector<float> keep_t = keep_tokens(m_.cross_text_token_trimmers_[size_t(s)], t, ts, v_first, tc.tau,
-                                              opt.token_threshold, flops);
+                                              opt.token_threshold, opt.keep_ratio, flops);
       std::vector<float> keep_v = keep_tokens(m_.cross_image_token_trimmers_[size_t(s)], v, vs, t_first, tc.tau,
-                                              opt.token_threshold, flops);
-      ts = repack(t, ts, keep_t);
-      vs = repack(v, vs, keep_v);
+                                              opt.token_threshold, opt.keep_ratio, flops);
+      ts = repack(t, ts, keep_t, t_pos);
+      vs = repack(v, vs, keep_v, v_pos);
+      pass.kept.push_back({"cross-text", l, positions_by_example(t_pos, ts)});
+      pass.kept.push_back({"cross-image", l, positions_by_example(v_pos, vs)});
     }
     Tensor z_ts, z_tc, z_vs, z_vc;
-    if (int s = trimming ? TrimConfig::site(tc.cross_head_layers, l) : -1; s >= 0) {
+    // The top-k baseline prunes tokens only.
+    if (int s = trimming && opt.keep_ratio == 0 ? TrimConfig::site(tc.cross_head_layers, l) : -1; s >= 0) {
       const auto& h = m_.cross_head_trimmers_[size_t(s)];
       const float tau = tc.tau, theta = opt.head_threshold;
       z_ts = keep_heads(h.text_self, t, ts, Tensor(), ts, tau, theta, flops);
@@ -418,6 +455,7 @@ PackedOutput PackedMeter::run(Task task, const Tensor& ids, const Tensor& mask, 
   Pass first = one_pass(ids, mask, image, 1, opt, out.flops);
   out.cls = first.cls;
   out.counts = first.counts;
+  out.kept = first.kept;
   const Segments each = even_segments(B);
   auto head = [&](const Linear& lin, const Tensor& x) { return linear_rows(x, lin, each, out.flops); };
   auto classifier = [&](const Classifier& c, const Tensor& x) {
@@ -448,6 +486,7 @@ PackedOutput PackedMeter::run(Task task, const Tensor& ids, const Tensor& mask, 
         throw ShapeError("packed METER: NLVR2 needs a second image batch shaped like the first");
       Pass second = one_pass(ids, mask, image2, 2, opt, out.flops);
       out.counts.insert(out.counts.end(), second.counts.begin(), second.counts.end());
+      out.kept.insert(out.kept.end(), second.kept.begin(), second.kept.end());
       out.logits = classifier(m_.nlvr2_, concat({first.cls, second.cls}, -1));
       break;
     }

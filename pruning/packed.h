@@ -14,6 +14,7 @@
 // reports what each example really cost; the tests hold that count equal to
 // the cost model (pruning/cost.h) for every example.
 #pragma once
+#include <string>
 #include <vector>
 
 #include "layers/meter.h"
@@ -28,12 +29,22 @@ struct Segments {
   int64_t total() const { return at.back(); }
 };
 
+// The tokens a trimmer let through, for pictures and analysis.
+struct KeptTokens {
+  std::string stream;  // "text", "vit", "cross-text" or "cross-image"
+  int layer = 0;       // the layer the survivors enter (of that encoder, or of the co-attention stack)
+  // [example]: the survivors' positions in the original sequence, ascending:
+  // text: index into the example's ids; image: 0 the class token, 1 + p patch p (row-major).
+  std::vector<std::vector<int32_t>> positions;
+};
+
 struct PackedOutput {
   Tensor logits;               // (B, classes) of the task's head; undefined for Task::None
   Tensor cls;                  // (B, 2d) pooled features (the first image's, for NLVR2)
   std::vector<double> flops;   // per example: the FLOPs its GEMMs executed
   // Kept tokens per example entering each layer, as the cost model counts them (one per pass).
   std::vector<PassCounts<double>> counts;  // [pass][example]... flattened: counts[pass * B + b]
+  std::vector<KeptTokens> kept;            // one per token-trimmer site, in execution order (NLVR2: pass 1, then 2)
 };
 
 class PackedMeter {
@@ -44,6 +55,9 @@ class PackedMeter {
     float token_threshold = 0;  // theta: keep a token iff its logit > theta
     float head_threshold = 0;
     bool trimmers = true;       // false: full capacity (padding is still never computed)
+    // > 0: the fixed-ratio top-k baseline instead of the threshold: every token trimmer keeps
+    // the ceil(keep_ratio * n) highest-scoring of an example's n tokens, and no head is dropped.
+    float keep_ratio = 0;
   };
   // ids i32 (B, T), mask (B, T), image (B, 3, S, S); image2 for NLVR2 (its second pass).
   PackedOutput run(Task task, const Tensor& ids, const Tensor& mask, const Tensor& image,
@@ -56,6 +70,7 @@ class PackedMeter {
   struct Pass {
     Tensor cls;  // (B, 2d)
     std::vector<PassCounts<double>> counts;  // per example
+    std::vector<KeptTokens> kept;
   };
   Pass one_pass(const Tensor& ids, const Tensor& mask, const Tensor& image, int image_type, const Options& opt,
                 std::vector<double>& flops) const;

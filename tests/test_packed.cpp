@@ -3,6 +3,7 @@
 // cost model's count for every example.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "layers/meter.h"
@@ -99,6 +100,20 @@ TEST_CASE("packed: masked and packed passes agree, and the executed FLOPs equal 
           text_dropped += got.counts[size_t(e)].text_scored[0] - got.counts[size_t(e)].text_tokens.back();
         CHECK(text_dropped > 0);
       }
+      // the kept positions it reports are the masked pass's keep masks at the same layers
+      for (size_t p = 0; p < passes.size(); p++)
+        for (size_t i = 0; i < got.kept.size() / passes.size(); i++) {
+          const st::KeptTokens& k = got.kept[p * (got.kept.size() / passes.size()) + i];
+          const bool image = k.stream == "vit" || k.stream == "cross-image";
+          const size_t at = size_t(k.layer) + (k.stream.rfind("cross", 0) == 0 ? size_t(image ? c.vit_layers : c.text_layers) : 0);
+          const Tensor mask = image ? passes[p].image_keep_at.at(at) : passes[p].text_keep_at.at(at);
+          for (int64_t e = 0; e < 5; e++) {
+            std::vector<int32_t> want_positions;
+            for (int64_t j = 0; j < mask.dim(1); j++)
+              if (mask.data()[e * mask.dim(1) + j] != 0.0f) want_positions.push_back(int32_t(j));
+            CHECK(k.positions.at(size_t(e)) == want_positions);
+          }
+        }
       // the batch really is ragged: examples keep different numbers of image tokens
       CHECK(*std::min_element(kept_image.begin(), kept_image.end()) <
             *std::max_element(kept_image.begin(), kept_image.end()));
@@ -118,4 +133,31 @@ TEST_CASE("packed: with its trimmers off a trimmed model runs at full capacity, 
   CHECK(st::testing::relative_error(got.logits, model.snli_logits(model.forward(b.ids, b.mask, b.image, eval).cls)) < 1e-5);
   const int lengths[] = {9, 3, 6};
   for (int e = 0; e < 3; e++) CHECK(got.flops[size_t(e)] == st::full_flops(c, lengths[e], st::Task::SNLI));
+}
+
+TEST_CASE("packed: the fixed-ratio top-k baseline keeps ceil(ratio * n) tokens of every example and every head") {
+  st::MeterConfig c = st::load_meter_config("configs/meter-tiny-smarttrim.json");
+  st::Meter model(c, 13);
+  st::testing::MeterBatch b = st::testing::make_meter_batch(c, {9, 3, 6, 8}, 9, 3);
+  st::PackedMeter::Options topk;
+  topk.keep_ratio = 0.4f;
+  st::PackedOutput got = st::PackedMeter(model).run(st::Task::VQA, b.ids, b.mask, b.image, topk);
+  REQUIRE(!got.kept.empty());
+  for (int64_t e = 0; e < 4; e++) {
+    const st::PassCounts<double>& n = got.counts[size_t(e)];
+    CHECK(n.vit_tokens[1] == std::ceil(0.4 * n.vit_scored[0]));
+    for (size_t l = 0; l < n.cross_image_scored.size(); l++) {
+      CHECK(n.cross_image_tokens[l] == std::ceil(0.4 * n.cross_image_scored[l]));
+      CHECK(n.cross_text_tokens[l] == std::ceil(0.4 * n.cross_text_scored[l]));
+      CHECK(n.text_self_heads[l] == c.num_heads);
+      CHECK(n.image_cross_heads[l] == c.num_heads);
+    }
+    for (const st::KeptTokens& k : got.kept) CHECK(k.positions.at(size_t(e)).front() == 0);  // the class token stays
+  }
+  // the survivors are the highest-scoring tokens: a higher ratio keeps a superset at the first trimmer
+  topk.keep_ratio = 0.7f;
+  st::PackedOutput more = st::PackedMeter(model).run(st::Task::VQA, b.ids, b.mask, b.image, topk);
+  for (int64_t e = 0; e < 4; e++)
+    CHECK(std::includes(more.kept[0].positions[size_t(e)].begin(), more.kept[0].positions[size_t(e)].end(),
+                        got.kept[0].positions[size_t(e)].begin(), got.kept[0].positions[size_t(e)].end()));
 }
