@@ -32,8 +32,6 @@ const char* task_key(Task task) {
 // The options, after checking they fit the model.
 const TrainOptions& checked(const Meter* model, const TrainOptions& o) {
   if (!model) throw ArgumentError("SmartTrim training: no model");
-  const MeterConfig& config = model->config();
-  if (!config.trim.enabled) throw ArgumentError("SmartTrim training: the model config has no trimmers (\"smarttrim\")");
   if (o.task != Task::VQA && o.task != Task::SNLI && o.task != Task::ITM && o.task != Task::NLVR2)
     throw ArgumentError(std::string("SmartTrim training: task '") + task_key(o.task) +
                         "' is not one of vqa, snli, itm, nlvr2");
@@ -182,6 +180,11 @@ StepLog SmartTrimTrainer::step(const TrainBatch& batch) {
   } tape_guard;
 
   std::vector<PassCounts<Tensor>> student_counts, teacher_counts;
+  if (!model.config().trim.enabled) {
+    plain_step(batch, run(teacher_trim, teacher_counts), log);
+    tape_guard.armed = false;
+    return log;
+  }
   const Tensor student_logits = run(student_trim, student_counts);
   Tensor teacher_logits;
   const ObjectiveWeights& w = options_.objective;
@@ -219,8 +222,20 @@ StepLog SmartTrimTrainer::step(const TrainBatch& batch) {
   log.image_self_heads = kept(&PassCounts<Tensor>::image_self_heads);
   log.image_cross_heads = kept(&PassCounts<Tensor>::image_cross_heads);
 
-  terms.total.backward();
   tape_guard.armed = false;
+  update(terms.total, log);
+  return log;
+}
+
+void SmartTrimTrainer::plain_step(const TrainBatch& batch, const Tensor& logits, StepLog& log) {
+  const Tensor loss = task_loss(options_.task, logits, batch.targets);
+  log.loss = log.task_loss = loss.item();
+  log.target = log.ratio_mean = 1;
+  update(loss, log);
+}
+
+void SmartTrimTrainer::update(const Tensor& loss, StepLog& log) {
+  loss.backward();
   std::vector<Tensor> params;
   for (const ParamGroup& g : optimizer_.groups()) params.insert(params.end(), g.params.begin(), g.params.end());
   log.grad_norm = options_.clip_norm > 0 ? clip_grad_norm(params, options_.clip_norm)
@@ -228,7 +243,6 @@ StepLog SmartTrimTrainer::step(const TrainBatch& batch) {
   optimizer_.step(log.lr_scale);
   optimizer_.zero_grad();
   step_++;
-  return log;
 }
 
 // --- checkpoints

@@ -13,6 +13,10 @@
 // their own group at a higher learning rate: they start from scratch while
 // the backbone is (normally) pretrained.
 //
+// A model whose config has no trimmers trains the same way without them: a
+// step is one full-capacity pass and L = L_task (plain fine-tuning, or
+// training from scratch), so one trainer, log and checkpoint serve both.
+//
 // Every random draw (dropout, Gumbel noise) comes from the trainer's one
 // Rng, in a fixed order, so a run is a pure function of its seed, its
 // batches and its initial weights; a checkpoint stores the Rng with the
@@ -89,7 +93,7 @@ std::vector<ParamGroup> smarttrim_param_groups(const Meter& model, const TrainOp
 
 class SmartTrimTrainer {
  public:
-  // Trains `model` (e.g. loaded from a METER checkpoint); its config must have trimmers.
+  // Trains `model` (e.g. loaded from a METER checkpoint), with its trimmers if its config has them.
   // seed: the run's Rng (dropout and Gumbel noise).
   SmartTrimTrainer(std::unique_ptr<Meter> model, const TrainOptions& options, uint64_t seed);
   // A freshly initialised model from config and model_seed.
@@ -118,6 +122,8 @@ class SmartTrimTrainer {
 
  private:
   void apply_group_rates();  // lr and weight decay of each group from options_
+  void plain_step(const TrainBatch& batch, const Tensor& logits, StepLog& log);  // a model without trimmers
+  void update(const Tensor& loss, StepLog& log);  // backward, clip, AdamW, next step
 
   std::unique_ptr<Meter> model_;
   TrainOptions options_;

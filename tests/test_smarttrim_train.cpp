@@ -377,8 +377,9 @@ TEST_CASE("smarttrim train: every parameter is in exactly one group; the trimmer
   CHECK(by_name["decay"]->weight_decay == doctest::Approx(0.01));
   CHECK(by_name["no_decay"]->weight_decay == 0.0f);
 
-  st::MeterConfig plain = st::load_meter_config("configs/meter-tiny.json");
-  CHECK_THROWS_AS(st::SmartTrimTrainer(plain, o, 1, 2), st::ArgumentError);
+  // without trimmers there is no trimmer group
+  st::SmartTrimTrainer plain(st::load_meter_config("configs/meter-tiny.json"), o, 1, 2);
+  for (const st::ParamGroup& g : plain.optimizer().groups()) CHECK(g.name != "trimmers");
 }
 
 TEST_CASE("smarttrim train: the curriculum switch holds the goal from the first step") {
@@ -554,4 +555,33 @@ TEST_CASE("smarttrim train: a run repeats bit for bit from its seed, and resumes
     CHECK(r.step_count() == 0);
     CHECK(parameter_values(r.model()) == before);
   }
+}
+
+TEST_CASE("smarttrim train: a model without trimmers trains at full capacity on L_task alone, and resumes") {
+  st::MeterConfig c = tiny_trim();
+  c.trim = st::TrimConfig{};  // no trimmers
+  REQUIRE_FALSE(c.trim.enabled);
+  c.dropout = 0;
+  st::TrainOptions o;
+  o.task = st::Task::VQA;
+  o.total_steps = 80;
+  o.lr = 1e-3f;
+  st::SmartTrimTrainer trainer(c, o, 1, 101);
+  std::vector<st::StepLog> logs;
+  TempPath ckpt;
+  for (int64_t i = 0; i < o.total_steps; i++) {
+    if (i == 40) trainer.save_checkpoint(ckpt.path);
+    logs.push_back(trainer.step(batch_at(c, st::Task::VQA, 16, 8, i)));
+    CHECK(logs.back().loss == logs.back().task_loss);  // nothing else in the objective
+    CHECK(logs.back().teacher_loss == 0);
+    CHECK(logs.back().ratio_mean == 1.0);
+  }
+  double first = 0, last = 0;
+  for (size_t i = 0; i < 10; i++) first += logs[i].task_loss / 10, last += logs[logs.size() - 1 - i].task_loss / 10;
+  INFO("task loss: first " << first << ", last " << last);
+  CHECK(last < 0.5 * first);
+  // the loss the step reports is METER's task loss of the same model on the same batch
+  std::unique_ptr<st::SmartTrimTrainer> resumed = st::SmartTrimTrainer::from_checkpoint(ckpt.path);
+  for (int64_t i = 40; i < o.total_steps; i++)
+    CHECK(numbers(resumed->step(batch_at(c, st::Task::VQA, 16, 8, i))) == numbers(logs[size_t(i)]));
 }
