@@ -178,12 +178,13 @@ MeterConfig meter_config_of(const weights::WeightsFile& file) {
   return meter_config_from_json(it->second, "weights file '" + file.path() + "': config");
 }
 
-void Meter::check(const weights::WeightsFile& file) const {
+void Meter::check(const weights::WeightsFile& file, Trimmers trimmers) const {
   std::vector<std::string> problems;
   std::set<std::string> expected;
   for (const auto& [name, tensor] : params_.list) {
     expected.insert(name);
     if (!file.contains(name)) {
+      if (trimmers == Trimmers::MayBeMissing && is_trimmer_parameter(name)) continue;
       problems.push_back("missing '" + name + "'");
       continue;
     }
@@ -205,13 +206,19 @@ void Meter::check(const weights::WeightsFile& file) const {
   }
 }
 
-void Meter::load(const weights::WeightsFile& file) {
-  check(file);
+int Meter::load(const weights::WeightsFile& file, Trimmers trimmers) {
+  check(file, trimmers);
   // Copied into the existing buffers, so an optimizer holding these parameters stays valid.
+  int kept_initial = 0;
   for (auto& [name, tensor] : params_.list) {
+    if (!file.contains(name)) {  // a trimmer check() let through
+      kept_initial++;
+      continue;
+    }
     Tensor values = file.get(name);
     std::memcpy(tensor->raw_data(), values.raw_data(), values.nbytes());
   }
+  return kept_initial;
 }
 
 std::unique_ptr<Meter> Meter::from_file(const weights::WeightsFile& file) {

@@ -59,6 +59,9 @@ struct MeterFeatures {
                                       // image MSA, image MCA
 };
 
+// Every trimmer parameter's name starts with "smarttrim." (the rest are METER's own names).
+inline bool is_trimmer_parameter(const std::string& name) { return name.rfind("smarttrim.", 0) == 0; }
+
 class Meter {
  public:
   explicit Meter(const MeterConfig& config, uint64_t seed = 0);
@@ -100,8 +103,13 @@ class Meter {
 
   // Names and shapes in the file must match the config exactly: missing,
   // unexpected and mis-shaped tensors are one FormatError that lists them.
-  void check(const weights::WeightsFile& file) const;
-  void load(const weights::WeightsFile& file);  // check, then copy every parameter
+  // Trimmers::MayBeMissing lets a file without trimmers (a converted METER
+  // checkpoint, a model trained at full capacity) fill a model that has them:
+  // the trimmers keep their initial values, ready for SmartTrim fine-tuning.
+  enum class Trimmers { Required, MayBeMissing };
+  void check(const weights::WeightsFile& file, Trimmers trimmers = Trimmers::Required) const;
+  // check, then copy every parameter the file has; returns how many kept their initial values.
+  int load(const weights::WeightsFile& file, Trimmers trimmers = Trimmers::Required);
   // A model built from a file's config and filled from it (no random init).
   static std::unique_ptr<Meter> from_file(const weights::WeightsFile& file);
   // Writes every parameter and the config (metadata "config") atomically.

@@ -13,9 +13,6 @@ namespace st {
 namespace {
 
 constexpr const char* kOptionsKey = "smarttrim_train";  // the checkpoint's metadata entry for TrainOptions
-constexpr const char* kTrimmerPrefix = "smarttrim.";
-
-bool is_trimmer(const std::string& name) { return name.rfind(kTrimmerPrefix, 0) == 0; }
 
 const char* task_key(Task task) {
   switch (task) {
@@ -113,7 +110,7 @@ std::vector<ParamGroup> smarttrim_param_groups(const Meter& model, const TrainOp
   std::vector<std::pair<std::string, Tensor>> backbone;
   ParamGroup trimmers{"trimmers", {}, o.lr * o.trimmer_lr_multiplier, o.trimmer_weight_decay};
   for (const auto& [name, t] : model.params().list) {
-    if (is_trimmer(name)) trimmers.params.push_back(*t);
+    if (is_trimmer_parameter(name)) trimmers.params.push_back(*t);
     else backbone.emplace_back(name, *t);
   }
   std::vector<ParamGroup> groups = decay_groups(backbone, o.lr, o.weight_decay);  // "decay", "no_decay"

@@ -2,6 +2,8 @@
 // PyTorch is in test_meter_torch.cpp.
 #include <doctest/doctest.h>
 
+#include <map>
+
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -185,6 +187,34 @@ TEST_CASE("meter: save, load, and the loader's complaints") {
     CHECK_THROWS_AS(st::meter_config_of(file), st::FormatError);
   }
   std::remove(bare.c_str());
+  std::remove(path.c_str());
+}
+
+TEST_CASE("meter: a file without trimmers fills a model with trimmers only when asked, trimmers kept as initialised") {
+  st::MeterConfig plain = tiny();
+  st::MeterConfig trimmed = st::load_meter_config("configs/meter-tiny-smarttrim.json");
+  REQUIRE(!plain.trim.enabled);
+  st::Meter a(plain, 11), b(trimmed, 12), fresh(trimmed, 12);
+  const std::string path = temp_path("plain");
+  a.save(path);
+  {
+    st::weights::WeightsFile file(path);
+    CHECK_THROWS_AS(b.load(file), st::FormatError);  // by default every parameter must be in the file
+    const int initial = b.load(file, st::Meter::Trimmers::MayBeMissing);
+    int trimmer_params = 0;
+    for (size_t i = 0; i < b.params().list.size(); i++) {
+      const auto& [name, t] = b.params().list[i];
+      if (st::is_trimmer_parameter(name)) {
+        trimmer_params++;
+        CHECK(t->to_vector() == fresh.params().list[i].second->to_vector());
+      }
+    }
+    CHECK(initial == trimmer_params);
+    CHECK(initial > 0);
+    std::map<std::string, const Tensor*> loaded;
+    for (const auto& [name, t] : b.params().list) loaded[name] = t;
+    for (const auto& [name, t] : a.params().list) CHECK(t->to_vector() == loaded.at(name)->to_vector());
+  }
   std::remove(path.c_str());
 }
 
