@@ -87,6 +87,13 @@ Meter::Meter(const MeterConfig& c, uint64_t seed) : config_(c) {
       cross_head_trimmers_[i].image_cross.name(p, site("cross_image_cross_heads", l));
     }
   }
+  // Every backbone weight matrix and embedding table was drawn from N(0, 0.02);
+  // scaling draws them from N(0, initializer_range) with the same Rng stream.
+  if (c.initializer_range != 0.02f)
+    for (auto& [name, t] : params_.list)
+      if (!is_trimmer_parameter(name) && t->rank() >= 2 && name.size() >= 6 &&
+          name.compare(name.size() - 6, 6, "weight") == 0)
+        for (int64_t i = 0; i < t->numel(); i++) t->data()[i] *= c.initializer_range / 0.02f;
 }
 
 int64_t Meter::parameter_count() const {

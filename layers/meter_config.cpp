@@ -162,6 +162,7 @@ std::string MeterConfig::to_json() const {
   nlohmann::ordered_json j;
   j["architecture"] = "meter";
   for (const Field& f : fields()) j[f.key] = f.write(*this);
+  if (initializer_range != 0.02f) j["initializer_range"] = initializer_range;
   if (trim.enabled) {
     nlohmann::ordered_json t;
     t["vit_token_layers"] = trim.vit_token_layers;
@@ -186,11 +187,17 @@ MeterConfig meter_config_from_json(const std::string& text, const std::string& w
   std::map<std::string, const Field*> by_key;
   for (const Field& f : fields()) by_key[f.key] = &f;
   for (auto it = j.begin(); it != j.end(); ++it)
-    if (it.key() != "architecture" && it.key() != "smarttrim" && !by_key.count(it.key()))
+    if (it.key() != "architecture" && it.key() != "smarttrim" && it.key() != "initializer_range" &&
+        !by_key.count(it.key()))
       throw FormatError(where + ": unknown key '" + it.key() + "'");
   for (const Field& f : fields()) {
     if (!j.contains(f.key)) throw FormatError(where + ": missing key '" + f.key + "'");
     f.read(c, j[f.key], where);
+  }
+  if (j.contains("initializer_range")) {
+    if (!j["initializer_range"].is_number() || !(j["initializer_range"].get<double>() > 0))
+      throw FormatError(where + ": 'initializer_range' must be a positive number");
+    c.initializer_range = j["initializer_range"].get<float>();
   }
   check(c, where);
   if (j.contains("smarttrim")) c.trim = read_trim(j["smarttrim"], c, where);

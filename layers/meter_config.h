@@ -48,6 +48,10 @@ struct MeterConfig {
   bool rank = false;            // retrieval fine-tuning's rank_output
 
   float dropout = 0;            // text encoder and co-attention layers (CLIP has none)
+  // Optional (BERT's name): the std of the normal init of every weight matrix
+  // and embedding table. 0.02 is BERT's and METER's; narrow models trained
+  // from scratch learn faster with about 1/sqrt(width).
+  float initializer_range = 0.02f;
 
   TrimConfig trim;              // SmartTrim's trimmers; trim.enabled is false without "smarttrim"
 

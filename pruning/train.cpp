@@ -129,6 +129,12 @@ SmartTrimTrainer::SmartTrimTrainer(const MeterConfig& config, const TrainOptions
                                    uint64_t seed)
     : SmartTrimTrainer(std::make_unique<Meter>(config, model_seed), options, seed) {}
 
+void SmartTrimTrainer::set_options(const TrainOptions& options) {
+  if (options.task != options_.task) throw ArgumentError("SmartTrim training: set_options cannot change the task");
+  options_ = checked(model_.get(), options);
+  apply_group_rates();
+}
+
 double SmartTrimTrainer::target() const { return options_.curriculum.target(step_, options_.total_steps); }
 
 void SmartTrimTrainer::apply_group_rates() {

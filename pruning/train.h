@@ -116,6 +116,8 @@ class SmartTrimTrainer {
   const Meter& model() const { return *model_; }
   AdamW& optimizer() { return optimizer_; }
   const TrainOptions& options() const { return options_; }
+  // New options for the steps to come (e.g. a longer run after a resume); the task must stay.
+  void set_options(const TrainOptions& options);
   Rng& rng() { return rng_; }
   int64_t step_count() const { return step_; }
   double target() const;  // the curriculum's target for the next step

@@ -286,3 +286,24 @@ TEST_CASE("meter: a repeated training step makes no system allocations") {
   step();
   CHECK(st::memory::host_stats().system_allocs == before);
 }
+
+TEST_CASE("meter config: the optional initializer_range scales the init of every weight matrix") {
+  st::MeterConfig c = tiny();
+  CHECK(c.to_json().find("initializer_range") == std::string::npos);  // METER's default 0.02 is not written
+  st::MeterConfig wide = c;
+  wide.initializer_range = 0.1f;
+  CHECK(st::meter_config_from_json(wide.to_json(), "test").initializer_range == 0.1f);
+  st::Meter a(c, 5), b(wide, 5);
+  for (size_t i = 0; i < a.params().list.size(); i++) {
+    const auto& [name, t] = a.params().list[i];
+    const std::vector<float> x = t->to_vector(), y = b.params().list[i].second->to_vector();
+    const bool matrix = t->rank() >= 2 && name.size() > 6 && name.substr(name.size() - 6) == "weight";
+    for (size_t j = 0; j < x.size(); j++) CHECK(y[j] == doctest::Approx(matrix ? 5 * x[j] : x[j]));
+  }
+  std::string negative = wide.to_json();
+  const size_t at = negative.find("\"initializer_range\": ");
+  REQUIRE(at != std::string::npos);
+  negative.insert(at + 21, "-");
+  CHECK_THROWS_WITH_AS(st::meter_config_from_json(negative, "test"), doctest::Contains("initializer_range"),
+                       st::FormatError);
+}
