@@ -1,5 +1,7 @@
 # smarttrim: one entry point for build, test, bench and dependencies.
 #
+#   make demo       the Fashion-MNIST SmartTrim demo: data, training, evaluation,
+#                   figures and out/demo/report.md (about 15 minutes on 2 cores)
 #   make            library, tests and build/smarttrim
 #   make test       every test suite, ending with "N passed, N failed"
 #   make test-asan  the same suites under AddressSanitizer + UBSan
@@ -39,7 +41,7 @@ APP_OBJ  := $(patsubst %.cpp,$(BUILD)/obj/%.o,$(wildcard apps/*.cpp))
 TEST_OBJ := $(patsubst %.cpp,$(BUILD)/obj/%.o,$(wildcard tests/*.cpp))
 LIB      := $(BUILD)/libsmarttrim.a
 
-.PHONY: all test test-asan bench deps check-deps clean
+.PHONY: all demo test test-asan bench deps check-deps clean
 all: $(BUILD)/smarttrim $(BUILD)/unit_tests
 
 $(BUILD)/obj/%.o: %.cpp
@@ -84,6 +86,11 @@ bench: check-deps $(BUILD)/bench_gemm $(BUILD)/bench_meter $(BUILD)/bench_smartt
 	  echo "--- again, with OpenBLAS forced to its AVX-512 kernel (OPENBLAS_CORETYPE=SkylakeX)"; \
 	  OPENBLAS_CORETYPE=SkylakeX $(BUILD)/bench_gemm --json $(BUILD)/bench_gemm_skylakex.json; \
 	fi
+
+# --- the demo: only the program is built (not the tests), to keep it quick.
+demo: check-deps
+	$(MAKE) -j$$(nproc) $(BUILD)/smarttrim
+	tools/demo.sh
 
 # --- tests: every suite, one summary line.
 test: check-deps all

@@ -1,10 +1,12 @@
-// The smarttrim command line. Subcommands arrive with the model, data and
-// pruning code; today it reports its version and the devices it can use.
+// The smarttrim command line: one program, one subcommand per job
+// (apps/commands.h). `smarttrim help` lists them; each has --help.
 #include <cstdio>
 #include <cstring>
 #include <exception>
 #include <string>
 
+#include "apps/cli.h"
+#include "apps/commands.h"
 #include "engine/error.h"
 #include "engine/gemm.h"
 #include "layers/meter.h"
@@ -19,13 +21,19 @@ const char* kVersion = "0.1.0";
 
 void print_usage(FILE* out) {
   std::fprintf(out,
-               "usage: smarttrim <command> [options]\n"
+               "usage: smarttrim <command> [options]    (smarttrim <command> --help for its options)\n"
                "\n"
                "commands:\n"
-               "  version    print the version\n"
-               "  devices    list the CPU kernel and the GPUs this build can use\n"
+               "  data fashion  build the demo data set (VQA v2 and NLVR2 formats) from Fashion-MNIST\n"
+               "  train      train METER from scratch or from weights, with or without SmartTrim's trimmers\n"
+               "  eval       accuracy, per-example GFLOPs and FLOPs ratio, latency and throughput\n"
+               "  infer      answer one question about one image; show what was kept per layer\n"
+               "  viz        draw kept and dropped patches and tokens for questions on one image\n"
+               "  bench      trimmed against full capacity, side by side, at batch 1 and 32\n"
                "  inspect FILE  check a weights file (and, for a model, that its tensors fit\n"
                "             its config); print its metadata and tensors\n"
+               "  devices    list the CPU kernel and the GPUs this build can use\n"
+               "  version    print the version\n"
                "  help       print this message\n");
 }
 
@@ -83,6 +91,12 @@ int run(int argc, char** argv) {
     return 0;
   }
   if (cmd == "devices") return devices();
+  if (cmd == "data") return st::app::data_command(argc, argv);
+  if (cmd == "train") return st::app::train_command(argc, argv);
+  if (cmd == "eval") return st::app::eval_command(argc, argv);
+  if (cmd == "bench") return st::app::bench_command(argc, argv);
+  if (cmd == "infer") return st::app::infer_command(argc, argv);
+  if (cmd == "viz") return st::app::viz_command(argc, argv);
   if (cmd == "inspect") {
     if (argc != 3) {
       std::fprintf(stderr, "usage: smarttrim inspect FILE\n");
@@ -100,6 +114,9 @@ int run(int argc, char** argv) {
 int main(int argc, char** argv) {
   try {
     return run(argc, argv);
+  } catch (const st::cli::UsageError& e) {
+    std::fprintf(stderr, "%s\n\n%s", e.what(), e.usage.c_str());
+    return 2;
   } catch (const st::Error& e) {
     std::fprintf(stderr, "smarttrim: %s\n", e.what());
     return 1;

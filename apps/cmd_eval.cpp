@@ -1,0 +1,286 @@
+// smarttrim eval: accuracy and cost of a model on a data set, through the
+// packed inference path (what a trimmed model really executes).
+// smarttrim bench: the same model at full capacity and trimmed, side by side
+// on the same batches, at batch 1 and batch 32.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <omp.h>
+
+#include "apps/cli.h"
+#include "apps/commands.h"
+#include "apps/task_data.h"
+#include "engine/error.h"
+#include "engine/files.h"
+#include "pruning/packed.h"
+
+namespace st::app {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+void add_inference_options(cli::Args& args) {
+  args.option("theta", "X", "keep a token iff its trimmer's logit > X", "0");
+  args.option("head-theta", "X", "keep a head iff its trimmer's logit > X", "0");
+  args.option("keep-ratio", "R", "fixed-ratio top-k baseline: every token trimmer keeps this share of tokens");
+  args.flag("full", "run at full capacity (trimmers off)");
+}
+
+PackedMeter::Options inference_options(const cli::Args& args) {
+  PackedMeter::Options o;
+  o.token_threshold = float(args.number("theta"));
+  o.head_threshold = float(args.number("head-theta"));
+  o.trimmers = !args.flag_set("full");
+  if (args.has("keep-ratio")) {
+    o.keep_ratio = float(args.number("keep-ratio"));
+    if (!(o.keep_ratio > 0 && o.keep_ratio <= 1)) args.fail("--keep-ratio must be in (0, 1]");
+    if (!o.trimmers) args.fail("--keep-ratio and --full exclude each other");
+  }
+  return o;
+}
+
+// Example b of a batch as a batch of one.
+TrainBatch row_of(const TrainBatch& batch, int64_t b) {
+  auto slice = [&](const Tensor& t) {
+    if (!t.defined()) return Tensor();
+    std::vector<int64_t> shape = t.shape();
+    const int64_t per_row = t.numel() / shape[0];
+    shape[0] = 1;
+    Tensor out = Tensor::empty(shape, t.dtype());
+    std::memcpy(out.raw_data(), static_cast<const char*>(t.raw_data()) + size_t(b * per_row) * 4, size_t(per_row) * 4);
+    return out;
+  };
+  TrainBatch one;
+  one.ids = slice(batch.ids);
+  one.mask = slice(batch.mask);
+  one.image = slice(batch.image);
+  one.image2 = slice(batch.image2);
+  return one;
+}
+
+PackedOutput run(const PackedMeter& model, Task task, const TrainBatch& b, const PackedMeter::Options& o) {
+  return model.run(task, b.ids, b.mask, b.image, b.image2, o);
+}
+
+int64_t text_tokens(const TrainBatch& b, int64_t row) {
+  const int64_t T = b.mask.dim(1);
+  double n = 0;
+  for (int64_t j = 0; j < T; j++) n += b.mask.data()[row * T + j];
+  return int64_t(n);
+}
+
+double mean(const std::vector<double>& v) {
+  double s = 0;
+  for (double x : v) s += x;
+  return v.empty() ? 0 : s / double(v.size());
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+}  // namespace
+
+int eval_command(int argc, char** argv) {
+  cli::Args args("smarttrim eval",
+                 "Evaluates a model: accuracy, per-example GFLOPs and FLOPs ratio (what the packed path executed),\n"
+                 "latency at batch 1 and throughput at batch 32.");
+  add_model_options(args);
+  add_tokenizer_options(args);
+  args.option("answers", "FILE", "the VQA answer list; default: answers.json next to the model");
+  add_data_options(args, "val");
+  add_inference_options(args);
+  args.option("limit", "N", "evaluate the first N examples only");
+  args.option("latency-examples", "N", "examples timed one by one for the batch-1 latency", "32");
+  args.option("json", "FILE", "write the results (and per-example costs) as JSON");
+  args.option("label", "TEXT", "a name for this run in the JSON (plots use it)");
+  args.option("method", "NAME", "how plots group this run: full, smarttrim, theta_sweep or topk (default: inferred)");
+  if (!args.parse(argc, argv, 2)) return 0;
+
+  const std::unique_ptr<Meter> model = load_model(args);
+  const MeterConfig& config = model->config();
+  const std::unique_ptr<data::Tokenizer> tokenizer = load_tokenizer(args);
+  const TaskData set = load_task_data(args);
+  data::AnswerVocab answers;
+  if (set.task == Task::VQA) answers = load_answers(args, config);
+  data::LoaderOptions lo = loader_options(config, args);
+  lo.shuffle = false;
+  check_fits(config, *tokenizer, lo.max_text_len, set.task, &answers);
+  PackedMeter::Options po = inference_options(args);
+  if (!config.trim.enabled) po.trimmers = false;
+
+  data::ExampleSource source = set.source(answers);
+  if (args.has("limit")) {
+    const int64_t limit = args.integer("limit");
+    if (limit < 1) args.fail("--limit must be at least 1");
+    source.size = std::min(source.size, limit);
+  }
+  data::Loader loader(source, *tokenizer, lo);
+  const PackedMeter packed(*model);
+
+  std::vector<double> gflops, ratio, scores;
+  std::map<std::string, std::pair<double, int64_t>> by_category;  // sum of scores, count
+  double model_seconds = 0;
+  int64_t timed_examples = 0;
+  std::vector<double> latency_ms;
+  const int64_t latency_examples = args.integer("latency-examples");
+  cli::Progress progress("eval", source.size, "examples");
+  while (std::optional<data::LoadedBatch> lb = loader.next()) {
+    const TrainBatch& b = lb->batch;
+    const auto t0 = Clock::now();
+    const PackedOutput out = run(packed, set.task, b, po);
+    const double dt = seconds_since(t0);
+    if (int64_t(lb->indices.size()) == lo.batch_size) model_seconds += dt, timed_examples += lo.batch_size;
+    const int64_t classes = out.logits.dim(1);
+    for (size_t r = 0; r < lb->indices.size(); r++) {
+      const int64_t i = lb->indices[r];
+      const float* z = out.logits.data() + int64_t(r) * classes;
+      const int64_t predicted = std::max_element(z, z + classes) - z;
+      const double s = set.score(i, predicted, answers);
+      scores.push_back(s);
+      auto& cat = by_category[set.category(i)];
+      cat.first += s, cat.second++;
+      gflops.push_back(out.flops[r] / 1e9);
+      ratio.push_back(out.flops[r] / full_flops(config, int(text_tokens(b, int64_t(r))), set.task));
+    }
+    // batch-1 latency: the first examples again, one at a time
+    for (int64_t r = 0; r < int64_t(lb->indices.size()) && int64_t(latency_ms.size()) < latency_examples; r++) {
+      const TrainBatch one = row_of(b, r);
+      const auto t1 = Clock::now();
+      run(packed, set.task, one, po);
+      latency_ms.push_back(1e3 * seconds_since(t1));
+    }
+    char metrics[64];
+    std::snprintf(metrics, sizeof metrics, "accuracy %.2f%%", 100 * mean(scores));
+    progress.update(int64_t(scores.size()), metrics);
+  }
+  progress.finish();
+  if (scores.empty()) throw FormatError(set.where + ": every example was skipped (no image could be read)");
+
+  const char* method = args.has("method")       ? nullptr
+                       : !po.trimmers           ? "full"
+                       : po.keep_ratio > 0      ? "topk"
+                                                : "smarttrim";
+  double ratio_var = 0;
+  const double ratio_mean = mean(ratio);
+  for (double r : ratio) ratio_var += (r - ratio_mean) * (r - ratio_mean) / double(ratio.size());
+  nlohmann::ordered_json j;
+  j["label"] = args.text_or("label", args.text("model"));
+  j["method"] = method ? method : args.text("method");
+  j["model"] = args.text("model");
+  j["task"] = task_name(set.task);
+  j["data"] = set.where;
+  j["examples"] = int64_t(scores.size());
+  j["skipped"] = loader.skipped();
+  j["accuracy"] = mean(scores);
+  j["gflops_mean"] = mean(gflops);
+  j["flops_ratio_mean"] = ratio_mean;
+  j["flops_ratio_std"] = std::sqrt(ratio_var);
+  j["latency_ms_batch1"] = median(latency_ms);
+  j["throughput_batch" + std::to_string(lo.batch_size)] = model_seconds > 0 ? double(timed_examples) / model_seconds : 0.0;
+  j["trimmers"] = po.trimmers;
+  j["token_threshold"] = po.token_threshold;
+  j["head_threshold"] = po.head_threshold;
+  j["keep_ratio"] = po.keep_ratio;
+  nlohmann::ordered_json per_type = nlohmann::ordered_json::object();
+  for (const auto& [name, sum_count] : by_category)
+    if (!name.empty()) per_type[name] = sum_count.first / double(sum_count.second);
+  j["accuracy_by_type"] = per_type;
+  j["gflops"] = gflops;
+  j["flops_ratio"] = ratio;
+
+  std::printf("%s on %s: %lld examples", j["label"].get<std::string>().c_str(), set.where.c_str(),
+              (long long)scores.size());
+  if (loader.skipped() > 0) std::printf(" (%lld skipped: unreadable images)", (long long)loader.skipped());
+  std::printf("\n  accuracy %.2f%%\n  GFLOPs per example %.4f (FLOPs ratio %.3f +- %.3f)\n", 100 * mean(scores),
+              mean(gflops), ratio_mean, std::sqrt(ratio_var));
+  for (const auto& [name, v] : per_type.items()) std::printf("    %-12s %.2f%%\n", name.c_str(), 100 * v.get<double>());
+  std::printf("  latency at batch 1: %.2f ms (median of %zu)\n", median(latency_ms), latency_ms.size());
+  if (model_seconds > 0)
+    std::printf("  throughput at batch %d: %.1f examples/s\n", lo.batch_size, double(timed_examples) / model_seconds);
+  for (const std::string& m : loader.skip_messages()) std::printf("  skipped: %s\n", m.c_str());
+  if (args.has("json")) write_file_atomically(args.text("json"), j.dump(1) + "\n");
+  return 0;
+}
+
+int bench_command(int argc, char** argv) {
+  cli::Args args("smarttrim bench",
+                 "Times a trimmed model against itself at full capacity on the same batches, side by side,\n"
+                 "at batch 1 and batch 32, and prints the speed-up next to the FLOPs reduction.");
+  add_model_options(args);
+  add_tokenizer_options(args);
+  args.option("answers", "FILE", "the VQA answer list; default: answers.json next to the model");
+  add_data_options(args, "val");
+  add_inference_options(args);
+  args.option("repeats", "N", "timed rounds (the median is reported)", "5");
+  args.option("json", "FILE", "write the measurements as JSON");
+  if (!args.parse(argc, argv, 2)) return 0;
+
+  const std::unique_ptr<Meter> model = load_model(args);
+  const MeterConfig& config = model->config();
+  if (!config.trim.enabled) throw ArgumentError("bench compares trimmed and full capacity: the model has no trimmers");
+  const std::unique_ptr<data::Tokenizer> tokenizer = load_tokenizer(args);
+  const TaskData set = load_task_data(args);
+  data::AnswerVocab answers;
+  if (set.task == Task::VQA) answers = load_answers(args, config);
+  data::LoaderOptions lo = loader_options(config, args);
+  lo.shuffle = false;
+  lo.batch_size = 32;
+  check_fits(config, *tokenizer, lo.max_text_len, set.task, &answers);
+  PackedMeter::Options trimmed = inference_options(args);
+  if (!trimmed.trimmers) args.fail("bench always runs both; drop --full");
+  PackedMeter::Options full = trimmed;
+  full.trimmers = false;
+  const int64_t repeats = args.integer("repeats");
+  if (repeats < 1) args.fail("--repeats must be at least 1");
+
+  data::Loader loader(set.source(answers), *tokenizer, lo);
+  std::optional<data::LoadedBatch> lb = loader.next();
+  if (!lb) throw FormatError(set.where + ": no example could be read");
+  const TrainBatch batch = lb->batch;
+  const PackedMeter packed(*model);
+
+  nlohmann::ordered_json j;
+  j["model"] = args.text("model");
+  j["threads"] = omp_get_max_threads();
+  std::printf("%-10s %12s %12s %9s %11s %11s\n", "batch", "full ms", "trimmed ms", "speed-up", "FLOPs ratio",
+              "efficiency");
+  for (const int64_t size : {int64_t(1), int64_t(batch.ids.dim(0))}) {
+    std::vector<TrainBatch> inputs;  // batch 1: each example on its own, so the mix matches batch 32
+    if (size == 1)
+      for (int64_t r = 0; r < batch.ids.dim(0); r++) inputs.push_back(row_of(batch, r));
+    else
+      inputs.push_back(batch);
+    double flops_full = 0, flops_trimmed = 0;
+    std::vector<double> ms_full, ms_trimmed;
+    for (int64_t rep = 0; rep <= repeats; rep++) {  // round 0 warms up
+      for (const bool trim : {false, true}) {
+        const auto t0 = Clock::now();
+        double flops = 0;
+        for (const TrainBatch& in : inputs)
+          for (double f : run(packed, set.task, in, trim ? trimmed : full).flops) flops += f;
+        const double ms = 1e3 * seconds_since(t0) / double(inputs.size());
+        if (rep == 0) (trim ? flops_trimmed : flops_full) = flops;
+        else (trim ? ms_trimmed : ms_full).push_back(ms);
+      }
+    }
+    const double speedup = median(ms_full) / median(ms_trimmed), flops_ratio = flops_trimmed / flops_full;
+    std::printf("%-10lld %12.3f %12.3f %8.2fx %11.3f %11.2f\n", (long long)size, median(ms_full), median(ms_trimmed),
+                speedup, flops_ratio, speedup * flops_ratio);
+    j["batch" + std::to_string(size)] = {{"full_ms", median(ms_full)},   {"trimmed_ms", median(ms_trimmed)},
+                                         {"speedup", speedup},           {"flops_ratio", flops_ratio},
+                                         {"efficiency", speedup * flops_ratio}};
+  }
+  std::printf("(efficiency: speed-up / FLOPs reduction; 1 means the time fell as much as the FLOPs)\n");
+  if (args.has("json")) write_file_atomically(args.text("json"), j.dump(1) + "\n");
+  return 0;
+}
+
+}  // namespace st::app

@@ -1,0 +1,211 @@
+// The command line end to end on a small demo data set: data, train (from
+// scratch, then SmartTrim from its weights), eval, infer, viz, bench; Ctrl-C
+// and resume; bad arguments and bad inputs. Runs build/smarttrim ($SMARTTRIM_BIN).
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "data/image.h"
+#include "tests/support.h"
+
+namespace fs = std::filesystem;
+using st::testing::CommandResult;
+using st::testing::TempDir;
+
+namespace {
+
+CommandResult smarttrim(const std::string& args) {
+  return st::testing::run_command(st::testing::smarttrim_binary() + " " + args);
+}
+
+// One small data set and a trained pair of models, shared by the test cases (made once).
+struct Pipeline {
+  TempDir dir;
+  std::string data, common, full, trimmed;
+  CommandResult made_data, trained_full, trained_trim;
+  Pipeline() {
+    data = dir / "data";
+    common = " --vocab " + data + "/vocab.txt --answers " + data + "/vqa/answers.json --data " + data + "/vqa";
+    made_data = smarttrim("data fashion --out " + data +
+                          " --train-images 40 --val-images 12 --test-images 12 --nlvr2-train 8 --nlvr2-dev 4 "
+                          "--nlvr2-test 4 --seed 3");
+    full = dir / "full";
+    trained_full = smarttrim("train --config configs/demo-fashion.json" + common + " --out " + full +
+                             " --steps 4 --batch 8 --lr 1e-3");
+    trimmed = dir / "trim";
+    trained_trim = smarttrim("train --config configs/demo-fashion-smarttrim.json --init " + full + "/model.st" +
+                             common + " --out " + trimmed + " --steps 3 --batch 8 --target 0.5");
+  }
+};
+
+Pipeline& pipeline() {
+  static Pipeline p;
+  return p;
+}
+
+nlohmann::json read_json(const std::string& path) {
+  std::ifstream f(path);
+  return nlohmann::json::parse(f);
+}
+
+}  // namespace
+
+TEST_CASE("cli pipeline: data, train from scratch, SmartTrim from its weights") {
+  Pipeline& p = pipeline();
+  INFO(p.made_data.output);
+  REQUIRE(p.made_data.status == 0);
+  CHECK(fs::exists(p.data + "/vqa/answers.json"));
+  INFO(p.trained_full.output);
+  REQUIRE(p.trained_full.status == 0);
+  for (const char* f : {"model.st", "checkpoint.st", "answers.json", "log.jsonl"}) CHECK(fs::exists(p.full + "/" + f));
+  // the log: a start line, then one line per step with the losses
+  std::ifstream log(p.full + "/log.jsonl");
+  std::string line;
+  int steps = 0;
+  std::getline(log, line);
+  CHECK(nlohmann::json::parse(line)["event"] == "start");
+  while (std::getline(log, line)) {
+    const nlohmann::json j = nlohmann::json::parse(line);
+    CHECK(j["step"] == steps++);
+    CHECK(j["task_loss"].get<double>() > 0);
+  }
+  CHECK(steps == 4);
+  INFO(p.trained_trim.output);
+  REQUIRE(p.trained_trim.status == 0);
+  CHECK(p.trained_trim.output.find("trimmer tensors start fresh") != std::string::npos);
+}
+
+TEST_CASE("cli pipeline: eval writes the promised JSON keys; per-example costs add up") {
+  Pipeline& p = pipeline();
+  REQUIRE(p.trained_trim.status == 0);
+  const std::string json = p.dir / "eval.json";
+  CommandResult r = smarttrim("eval --model " + p.trimmed + "/model.st" + p.common + " --split test --json " + json +
+                              " --batch 5 --latency-examples 2");
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  const nlohmann::json j = read_json(json);
+  for (const char* key : {"accuracy", "gflops_mean", "flops_ratio_mean", "examples", "latency_ms_batch1"})
+    CHECK(j.contains(key));
+  CHECK(j.contains("throughput_batch5"));
+  const int64_t n = j["examples"];
+  CHECK(n == 12 * 4);  // every test question (the generator asks 4 per scene)
+  CHECK(j["gflops"].size() == size_t(n));
+  double sum = 0;
+  for (double g : j["gflops"]) sum += g;
+  CHECK(j["gflops_mean"].get<double>() == doctest::Approx(sum / double(n)));
+  CHECK(j["accuracy"].get<double>() >= 0);
+  CHECK(j["accuracy"].get<double>() <= 1);
+
+  // at full capacity the ratio is 1 for every example; the top-k baseline keeps less
+  CommandResult f = smarttrim("eval --model " + p.trimmed + "/model.st" + p.common + " --split test --full --json " +
+                              json + " --latency-examples 1");
+  REQUIRE(f.status == 0);
+  for (double ratio : read_json(json)["flops_ratio"]) CHECK(ratio == doctest::Approx(1.0));
+  CommandResult k = smarttrim("eval --model " + p.trimmed + "/model.st" + p.common +
+                              " --split test --keep-ratio 0.3 --json " + json + " --latency-examples 1");
+  REQUIRE(k.status == 0);
+  CHECK(read_json(json)["method"] == "topk");
+  CHECK(read_json(json)["flops_ratio_mean"].get<double>() < 0.8);
+}
+
+TEST_CASE("cli pipeline: infer, viz and bench") {
+  Pipeline& p = pipeline();
+  REQUIRE(p.trained_trim.status == 0);
+  const std::string image = p.data + "/vqa/images/COCO_fashion_test_" + std::string(11, '0') + "1.png";
+  std::string image_path = image;
+  for (const auto& e : fs::directory_iterator(p.data + "/vqa/images"))
+    if (e.path().filename().string().find("fashion_test") != std::string::npos) image_path = e.path().string();
+  const std::string model = " --model " + p.trimmed + "/model.st --vocab " + p.data + "/vocab.txt --image " + image_path;
+  CommandResult i = smarttrim("infer" + model + " --question 'is there a bag?'");
+  INFO(i.output);
+  REQUIRE(i.status == 0);
+  CHECK(i.output.find("answer: ") != std::string::npos);
+  CHECK(i.output.find("vit") != std::string::npos);
+  CHECK(i.output.find("GFLOPs") != std::string::npos);
+
+  const std::string png = p.dir / "viz.png";
+  CommandResult v = smarttrim("viz" + model + " --question 'is there a bag?' --question 'how many shirts are there?' --out " + png);
+  INFO(v.output);
+  REQUIRE(v.status == 0);
+  const st::Image figure = st::load_image(png);
+  CHECK(figure.width > 96 * 3);
+
+  CommandResult b = smarttrim("bench --model " + p.trimmed + "/model.st" + p.common + " --split test --repeats 1");
+  INFO(b.output);
+  REQUIRE(b.status == 0);
+  CHECK(b.output.find("speed-up") != std::string::npos);
+}
+
+TEST_CASE("cli pipeline: Ctrl-C saves a checkpoint and --resume finishes the run") {
+  Pipeline& p = pipeline();
+  REQUIRE(p.trained_full.status == 0);
+  const std::string run = p.dir / "interrupted";
+  // SIGINT after 2 s of a run far too long to finish by then
+  CommandResult r = st::testing::run_command("timeout --preserve-status -s INT 2 " + st::testing::smarttrim_binary() +
+                                             " train --config configs/demo-fashion.json" + p.common + " --out " + run +
+                                             " --steps 100000 --batch 4");
+  INFO(r.output);
+  CHECK(r.status == 130);
+  const size_t at = r.output.find("interrupted at step ");
+  REQUIRE(at != std::string::npos);
+  const long step = std::stol(r.output.substr(at + 20));
+  CHECK(fs::exists(run + "/checkpoint.st"));
+  CHECK_FALSE(fs::exists(run + "/checkpoint.st.tmp"));
+  CommandResult resumed = smarttrim("train --resume " + run + "/checkpoint.st" + p.common + " --out " + run +
+                                    " --steps " + std::to_string(step + 2) + " --batch 4");
+  INFO(resumed.output);
+  CHECK(resumed.status == 0);
+  CHECK(fs::exists(run + "/model.st"));
+}
+
+TEST_CASE("cli pipeline: bad arguments exit 2 with the usage; bad inputs exit 1 with one message") {
+  Pipeline& p = pipeline();
+  for (const char* args : {"train", "train --steps 3", "eval --model", "train --out x --config c --steps 3x",
+                           "data", "data mnist --out x", "infer --model m --vocab v", "viz --bogus",
+                           "bench --repeats"}) {
+    CommandResult r = smarttrim(args);
+    INFO(args << "\n" << r.output);
+    CHECK(r.status == 2);
+    CHECK(r.output.find("usage: smarttrim") != std::string::npos);
+  }
+  // a model whose answer list does not fit, a missing data set, a missing model
+  CommandResult missing = smarttrim("eval --model " + p.dir / "none.st" + p.common);
+  CHECK(missing.status == 1);
+  CHECK(missing.output.find("none.st") != std::string::npos);
+  CommandResult no_data = smarttrim("eval --model " + p.full + "/model.st --vocab " + p.data +
+                                    "/vocab.txt --data " + p.dir / "nowhere");
+  CHECK(no_data.status == 1);
+  CHECK(no_data.output.find("nowhere") != std::string::npos);
+  // --target without trimmers
+  CommandResult target = smarttrim("train --config configs/demo-fashion.json" + p.common + " --out " + p.dir / "t" +
+                                   " --steps 1 --target 0.5");
+  CHECK(target.status == 2);
+  CHECK(target.output.find("--target needs a model with trimmers") != std::string::npos);
+}
+
+TEST_CASE("cli pipeline: an unreadable image is skipped and counted, not fatal") {
+  Pipeline& p = pipeline();
+  REQUIRE(p.trained_full.status == 0);
+  // a copy of the test split with one image truncated and one removed
+  const std::string copy = p.dir / "broken";
+  fs::create_directories(copy + "/images");
+  for (const char* f : {"test_questions.json", "test_annotations.json"})
+    fs::copy_file(p.data + "/vqa/" + f, copy + "/" + f);
+  int n = 0;
+  for (const auto& e : fs::directory_iterator(p.data + "/vqa/images")) {
+    const std::string name = e.path().filename().string();
+    if (name.find("fashion_test") == std::string::npos) continue;
+    n++;
+    if (n == 1) continue;  // removed
+    fs::copy_file(e.path(), copy + "/images/" + name);
+    if (n == 2) fs::resize_file(copy + "/images/" + name, 40);  // truncated
+  }
+  CommandResult r = smarttrim("eval --model " + p.full + "/model.st --vocab " + p.data + "/vocab.txt --answers " +
+                              p.data + "/vqa/answers.json --data " + copy + " --split test --latency-examples 1");
+  INFO(r.output);
+  CHECK(r.status == 0);
+  CHECK(r.output.find("8 skipped") != std::string::npos);  // two scenes, four questions each
+}

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The one-command demo (`make demo`): builds the Fashion-MNIST VQA data set,
+# trains METER-tiny at full capacity, fine-tunes it with SmartTrim at two
+# FLOPs targets (and once without cross-modal guidance, for the figures),
+# evaluates everything, and writes out/demo/report.md and summary.json.
+#
+# Every step is an ordinary `build/smarttrim` command, printed before it
+# runs, so the demo doubles as a tour of the command line. Sizes are chosen
+# to finish within 15 minutes on 2 CPU cores; DEMO_SCALE=2 doubles the
+# training steps.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bin=build/smarttrim
+out=${DEMO_OUT:-out/demo}
+scale=${DEMO_SCALE:-1}
+data=$out/data
+full_steps=$((2400 * scale))
+trim_steps=$((700 * scale))
+start=$(date +%s)
+
+run() {  # prints, then runs, a command
+  echo "+ $*"
+  "$@"
+}
+elapsed() { echo "$(( $(date +%s) - start ))"; }
+
+mkdir -p "$out"
+common=(--vocab "$data/vocab.txt" --answers "$data/vqa/answers.json")
+
+echo "== 1. data: scenes of Fashion-MNIST clothes with questions ($(elapsed) s)"
+if [ ! -f "$data/summary.json" ]; then
+  run $bin data fashion --out "$data" --seed 0
+else
+  echo "(kept: $data, made earlier; delete it to rebuild)"
+fi
+
+echo "== 2. METER-tiny at full capacity, trained from scratch ($(elapsed) s)"
+run $bin train --config configs/demo-fashion.json --data "$data/vqa" "${common[@]}" \
+  --out "$out/full" --steps $full_steps --lr 1e-3 --warmup 0.05 --seed 1
+
+echo "== 3. SmartTrim fine-tuning at FLOPs targets 0.5 and 0.33 ($(elapsed) s)"
+for target in 0.5 0.33; do
+  run $bin train --config configs/demo-fashion-smarttrim.json --init "$out/full/model.st" --data "$data/vqa" \
+    "${common[@]}" --out "$out/trim$target" --steps $trim_steps --lr 2e-4 --target $target --seed 2
+done
+echo "   and at 0.5 without cross-modal guidance, for the figures"
+run $bin train --config configs/demo-fashion-smarttrim.json --set smarttrim.cross_modal_guidance=false \
+  --init "$out/full/model.st" --data "$data/vqa" "${common[@]}" --out "$out/trim0.5-unguided" \
+  --steps $trim_steps --lr 2e-4 --target 0.5 --seed 2
+
+echo "== 4. evaluation on the held-out test split ($(elapsed) s)"
+evals=$out/eval
+mkdir -p "$evals"
+evaluate() {  # json-name, model, extra options...
+  local name=$1 model=$2
+  shift 2
+  run $bin eval --model "$model" --data "$data/vqa" --split test "${common[@]}" --json "$evals/$name.json" "$@"
+}
+evaluate full "$out/full/model.st" --label "full capacity"
+evaluate trim0.5 "$out/trim0.5/model.st" --label "SmartTrim 0.5"
+evaluate trim0.33 "$out/trim0.33/model.st" --label "SmartTrim 0.33"
+evaluate trim0.5-unguided "$out/trim0.5-unguided/model.st" --label "SmartTrim 0.5, no cross-modal guidance"
+for theta in -2 -1 1 2; do  # the 0.5 model at other thresholds (theta 0 is its own point)
+  evaluate "theta$theta" "$out/trim0.5/model.st" --theta $theta --method theta_sweep --label "theta $theta" \
+    --latency-examples 4
+done
+for ratio in 0.3 0.5 0.7; do  # every example keeps the same share of tokens
+  evaluate "topk$ratio" "$out/trim0.5/model.st" --keep-ratio $ratio --label "top-k $ratio" --latency-examples 4
+done
+
+echo "== 5. speed: trimmed against full capacity, side by side ($(elapsed) s)"
+for target in 0.5 0.33; do
+  run $bin bench --model "$out/trim$target/model.st" --data "$data/vqa" --split test "${common[@]}" \
+    --json "$evals/bench$target.json"
+done
+
+echo "== 6. figures ($(elapsed) s)"
+figures=$out/figures
+mkdir -p "$figures"
+# One test image, several questions; the same with the unguided trimmers.
+image=$(ls "$data"/vqa/images/COCO_fashion_test_*.png | head -n 1)
+questions=()
+while IFS= read -r q; do questions+=(--question "$q"); done < <(
+  /usr/bin/python3 tools/demo_report.py questions "$data/vqa/test_questions.json" "$image")
+run $bin viz --model "$out/trim0.5/model.st" "${common[@]}" --image "$image" "${questions[@]}" \
+  --out "$figures/overlay_guided.png" --title "SmartTrim 0.5, with cross-modal guidance"
+run $bin viz --model "$out/trim0.5-unguided/model.st" "${common[@]}" --image "$image" "${questions[@]}" \
+  --out "$figures/overlay_unguided.png" --title "SmartTrim 0.5, without cross-modal guidance"
+run /usr/bin/python3 viz/plots.py histogram --out "$figures/flops_histogram.png" \
+  "$evals/full.json" "$evals/trim0.5.json" "$evals/trim0.33.json"
+run /usr/bin/python3 viz/plots.py tradeoff --out "$figures/accuracy_vs_flops.png" "$evals"/full.json \
+  "$evals"/trim0.5.json "$evals"/trim0.33.json "$evals"/theta*.json "$evals"/topk*.json
+
+echo "== 7. report ($(elapsed) s)"
+run /usr/bin/python3 tools/demo_report.py report "$out" "$(elapsed)"
+echo "demo: done in $(elapsed) s; open $out/report.md"
