@@ -209,3 +209,24 @@ TEST_CASE("cli pipeline: an unreadable image is skipped and counted, not fatal")
   CHECK(r.status == 0);
   CHECK(r.output.find("8 skipped") != std::string::npos);  // two scenes, four questions each
 }
+
+TEST_CASE("cli pipeline: NLVR2 trains and evaluates through the same commands") {
+  Pipeline& p = pipeline();
+  REQUIRE(p.made_data.status == 0);
+  const std::string run = p.dir / "nlvr2";
+  const std::string data = " --task nlvr2 --vocab " + p.data + "/vocab.txt --data " + p.data + "/nlvr2";
+  CommandResult t = smarttrim("train --config configs/demo-fashion-smarttrim.json" + data + " --out " + run +
+                              " --steps 2 --batch 4 --target 0.5");
+  INFO(t.output);
+  REQUIRE(t.status == 0);
+  CHECK_FALSE(fs::exists(run + "/answers.json"));  // no answer list outside VQA
+  const std::string json = p.dir / "nlvr2.json";
+  CommandResult e = smarttrim("eval --model " + run + "/model.st" + data + " --split dev --json " + json +
+                              " --latency-examples 1");
+  INFO(e.output);
+  REQUIRE(e.status == 0);
+  const nlohmann::json j = read_json(json);
+  CHECK(j["examples"] == 4);
+  CHECK(j["task"] == "nlvr2");
+  for (double ratio : j["flops_ratio"]) CHECK(ratio > 0);
+}
