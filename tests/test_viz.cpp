@@ -181,7 +181,8 @@ TEST_CASE("viz: patch_overlay keeps kept patches and darkens dropped ones") {
         const bool is_kept = kept[size_t(y / cell) * 6 + size_t(x / cell)];
         for (int c = 0; c < 3; ++c) {
           const int source = image.at(x / scale, y / scale, c);
-          const int expected = is_kept ? source : int(std::lround(source + st::kDroppedDarkening * (0 - source)));
+          const int toward = c == 0 ? st::kDroppedColor.r : c == 1 ? st::kDroppedColor.g : st::kDroppedColor.b;
+          const int expected = is_kept ? source : int(std::lround(source + st::kDroppedDarkening * (toward - source)));
           if (out.at(x, y, c) != expected) {
             FAIL_CHECK("pixel (" << x << ", " << y << ") channel " << c << ": " << int(out.at(x, y, c))
                                  << " != " << expected);

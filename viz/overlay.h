@@ -16,9 +16,10 @@
 
 namespace st {
 
-// A dropped patch is blended this far toward kDroppedColor (70% toward black).
+// A dropped patch is blended this far toward kDroppedColor: 70% toward a
+// dark red, so a dropped patch of black background shows too.
 constexpr float kDroppedDarkening = 0.7f;
-constexpr Rgb kDroppedColor = colors::kBlack;
+constexpr Rgb kDroppedColor{96, 16, 16};
 // Grid lines are the first pixel row and column of every patch cell (plus the
 // image's right and bottom edges), blended this far toward white. Pixels
 // inside a kept cell, off those lines, are exactly the upscaled source.
