@@ -104,6 +104,11 @@ int eval_command(int argc, char** argv) {
   args.option("method", "NAME", "how plots group this run: full, smarttrim, theta_sweep or topk (default: inferred)");
   if (!args.parse(argc, argv, 2)) return 0;
 
+  if (args.has("method")) {
+    const std::string m = args.text("method");
+    if (m != "full" && m != "smarttrim" && m != "theta_sweep" && m != "topk")
+      args.fail("--method must be full, smarttrim, theta_sweep or topk, not '" + m + "'");
+  }
   const std::unique_ptr<Meter> model = load_model(args);
   const MeterConfig& config = model->config();
   const std::unique_ptr<data::Tokenizer> tokenizer = load_tokenizer(args);
@@ -164,16 +169,13 @@ int eval_command(int argc, char** argv) {
   progress.finish();
   if (scores.empty()) throw FormatError(set.where + ": every example was skipped (no image could be read)");
 
-  const char* method = args.has("method")       ? nullptr
-                       : !po.trimmers           ? "full"
-                       : po.keep_ratio > 0      ? "topk"
-                                                : "smarttrim";
+  const std::string method = args.text_or("method", !po.trimmers ? "full" : po.keep_ratio > 0 ? "topk" : "smarttrim");
   double ratio_var = 0;
   const double ratio_mean = mean(ratio);
   for (double r : ratio) ratio_var += (r - ratio_mean) * (r - ratio_mean) / double(ratio.size());
   nlohmann::ordered_json j;
   j["label"] = args.text_or("label", args.text("model"));
-  j["method"] = method ? method : args.text("method");
+  j["method"] = method;
   j["model"] = args.text("model");
   j["task"] = task_name(set.task);
   j["data"] = set.where;

@@ -165,7 +165,7 @@ TEST_CASE("cli pipeline: bad arguments exit 2 with the usage; bad inputs exit 1 
   Pipeline& p = pipeline();
   for (const char* args : {"train", "train --steps 3", "eval --model", "train --out x --config c --steps 3x",
                            "data", "data mnist --out x", "infer --model m --vocab v", "viz --bogus",
-                           "bench --repeats"}) {
+                           "bench --repeats", "eval --model m --vocab v --method bogus"}) {
     CommandResult r = smarttrim(args);
     INFO(args << "\n" << r.output);
     CHECK(r.status == 2);
