@@ -27,6 +27,8 @@ run() {  # prints, then runs, a command
 elapsed() { echo "$(( $(date +%s) - start ))"; }
 
 mkdir -p "$out"
+# A rerun starts its runs afresh (train appends to an existing log); the data set is kept.
+rm -rf "$out/full" "$out"/trim* "$out/eval" "$out/figures"
 common=(--vocab "$data/vocab.txt" --answers "$data/vqa/answers.json")
 
 echo "== 1. data: scenes of Fashion-MNIST clothes with questions ($(elapsed) s)"
