@@ -16,7 +16,7 @@ out=${DEMO_OUT:-out/demo}
 scale=${DEMO_SCALE:-1}
 data=$out/data
 full_steps=$((8000 * scale))
-trim_steps=$((1000 * scale))
+trim_steps=$((1500 * scale))
 unguided_steps=$((600 * scale))
 start=$(date +%s)
 
@@ -45,7 +45,7 @@ run $bin train --config configs/demo-fashion.json --data "$data/vqa" "${common[@
 echo "== 3. SmartTrim fine-tuning at FLOPs targets 0.5 and 0.33 ($(elapsed) s)"
 # The trimmers start from scratch, so they learn 50x faster than the pretrained backbone.
 smarttrim=(--init "$out/full/model.st" --data "$data/vqa" "${common[@]}" --lr 2e-4 --trimmer-lr-mult 50
-           --lambda-cost 8 --seed 2)
+           --lambda-cost 8 --curriculum-fraction 0.3 --seed 2)
 for target in 0.5 0.33; do
   run $bin train --config configs/demo-fashion-smarttrim.json "${smarttrim[@]}" --out "$out/trim$target" \
     --steps $trim_steps --target $target
