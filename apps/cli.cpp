@@ -183,17 +183,18 @@ void Progress::draw(bool final) {
   if (total_ > 0) {
     const int width = 24;
     const int filled = int(double(width) * double(std::min(done_, total_)) / double(total_));
-    line += "[" + std::string(size_t(filled), '#') + std::string(size_t(width - filled), '.') + "] ";
+    line += '[';  // appended piece by piece: GCC 12 warns falsely (-Wrestrict) on "literal" + string
+    line.append(size_t(filled), '#').append(size_t(width - filled), '.').append("] ");
   }
   char buf[160];
   std::snprintf(buf, sizeof buf, "%lld", (long long)done_);
   line += buf;
-  if (total_ > 0) line += "/" + std::to_string(total_);
+  if (total_ > 0) line.append("/").append(std::to_string(total_));
   std::snprintf(buf, sizeof buf, " %.1f %s/s", rate, unit_.c_str());
   line += buf;
-  if (final) line += " in " + format_duration(elapsed);
-  else if (total_ > 0 && rate > 0) line += " ETA " + format_duration(double(total_ - done_) / rate);
-  if (!metrics_.empty()) line += " " + metrics_;
+  if (final) line.append(" in ").append(format_duration(elapsed));
+  else if (total_ > 0 && rate > 0) line.append(" ETA ").append(format_duration(double(total_ - done_) / rate));
+  if (!metrics_.empty()) line.append(" ").append(metrics_);
   if (tty_) std::fprintf(stderr, "\r\033[K%s%s", line.c_str(), final ? "\n" : "");
   else std::fprintf(stderr, "%s\n", line.c_str());
   std::fflush(stderr);
