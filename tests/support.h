@@ -12,6 +12,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "engine/error.h"
+
 namespace st::testing {
 
 struct CommandResult {
@@ -59,5 +61,20 @@ struct TempDir {
   TempDir& operator=(const TempDir&) = delete;
   std::string operator/(const std::string& name) const { return (path / name).string(); }
 };
+
+// The message of the exception of type E that f throws ("" when it throws none).
+template <typename E, typename F>
+std::string thrown_message(F f) {
+  try {
+    f();
+  } catch (const E& e) {
+    return e.what();
+  }
+  return "";
+}
+template <typename F>
+std::string format_error(F f) { return thrown_message<st::FormatError>(f); }
+template <typename F>
+std::string argument_error(F f) { return thrown_message<st::ArgumentError>(f); }
 
 }  // namespace st::testing

@@ -31,6 +31,8 @@ using namespace st::data;
 
 namespace {
 
+using st::testing::format_error;
+
 void write_text(const std::string& path, const std::string& text) {
   std::ofstream f(path, std::ios::binary | std::ios::trunc);
   f << text;
@@ -42,17 +44,6 @@ Image random_image(int w, int h, uint32_t seed) {
   Image img{w, h, std::vector<uint8_t>(size_t(w) * h * 3)};
   for (uint8_t& p : img.pixels) p = uint8_t(gen() & 0xFF);
   return img;
-}
-
-// The message of the st::FormatError that f throws ("" when it throws none).
-template <typename F>
-std::string format_error(F f) {
-  try {
-    f();
-  } catch (const st::FormatError& e) {
-    return e.what();
-  }
-  return "";
 }
 
 bool contains(const std::string& haystack, const std::string& needle) {

@@ -38,31 +38,15 @@ using st::testing::TempDir;
 
 namespace {
 
+using st::testing::format_error;
+using st::testing::argument_error;
+
 const std::string kSource = st::data::kFashionMnistDir;
 
 // The real files, read once for the whole suite.
 const FashionMnist& t10k() {
   static const FashionMnist data = st::data::load_fashion_mnist(kSource, false);
   return data;
-}
-
-template <typename F>
-std::string format_error(F f) {
-  try {
-    f();
-  } catch (const st::FormatError& e) {
-    return e.what();
-  }
-  return "";
-}
-template <typename F>
-std::string argument_error(F f) {
-  try {
-    f();
-  } catch (const st::ArgumentError& e) {
-    return e.what();
-  }
-  return "";
 }
 
 // text itself when it contains part, so CHECK(e == contains(e, part)) shows both when it fails.

@@ -37,6 +37,7 @@
 
 #include "data/tokenizer.h"
 #include "engine/error.h"
+#include "tests/support.h"
 
 using st::data::BpeTokenizer;
 using st::data::Padding;
@@ -45,23 +46,14 @@ using Ids = std::vector<int32_t>;
 
 namespace {
 
+using st::testing::format_error;
+
 const std::string kDir = "tests/data/tokenizer/";
 
 BpeTokenizer bpe() { return BpeTokenizer(kDir + "bpe_vocab.json", kDir + "bpe_merges.txt"); }
 WordPieceTokenizer bert(bool uncased = true) { return WordPieceTokenizer(kDir + "wordpiece_vocab.txt", uncased); }
 
 int32_t byte_id(unsigned char b) { return 5 + int32_t(b); }  // a byte symbol's id in bpe_vocab.json
-
-// The message of the st::FormatError that f throws ("" if it throws none).
-template <typename F>
-std::string format_error(F f) {
-  try {
-    f();
-  } catch (const st::FormatError& e) {
-    return e.what();
-  }
-  return "";
-}
 
 std::string read_bytes(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
