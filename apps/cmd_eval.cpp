@@ -86,6 +86,29 @@ double median(std::vector<double> v) {
   return v.empty() ? 0 : v[v.size() / 2];
 }
 
+// What eval and bench read: the model, its tokenizer and answers, a data
+// split, and loader options (in file order), checked against each other.
+struct Inputs {
+  std::unique_ptr<Meter> model;
+  std::unique_ptr<data::Tokenizer> tokenizer;
+  TaskData set;
+  data::AnswerVocab answers;
+  data::LoaderOptions loader;
+};
+
+Inputs load_inputs(const cli::Args& args) {
+  Inputs in;
+  in.model = load_model(args);
+  const MeterConfig& config = in.model->config();
+  in.tokenizer = load_tokenizer(args);
+  in.set = load_task_data(args);
+  if (in.set.task == Task::VQA) in.answers = load_answers(args, config);
+  in.loader = loader_options(config, args);
+  in.loader.shuffle = false;
+  check_fits(config, *in.tokenizer, in.loader.max_text_len, in.set.task, &in.answers);
+  return in;
+}
+
 }  // namespace
 
 int eval_command(int argc, char** argv) {
@@ -94,7 +117,6 @@ int eval_command(int argc, char** argv) {
                  "latency at batch 1 and throughput at batch 32.");
   add_model_options(args);
   add_tokenizer_options(args);
-  args.option("answers", "FILE", "the VQA answer list; default: answers.json next to the model");
   add_data_options(args, "val");
   add_inference_options(args);
   args.option("limit", "N", "evaluate the first N examples only");
@@ -109,15 +131,12 @@ int eval_command(int argc, char** argv) {
     if (m != "full" && m != "smarttrim" && m != "theta_sweep" && m != "topk")
       args.fail("--method must be full, smarttrim, theta_sweep or topk, not '" + m + "'");
   }
-  const std::unique_ptr<Meter> model = load_model(args);
-  const MeterConfig& config = model->config();
-  const std::unique_ptr<data::Tokenizer> tokenizer = load_tokenizer(args);
-  const TaskData set = load_task_data(args);
-  data::AnswerVocab answers;
-  if (set.task == Task::VQA) answers = load_answers(args, config);
-  data::LoaderOptions lo = loader_options(config, args);
-  lo.shuffle = false;
-  check_fits(config, *tokenizer, lo.max_text_len, set.task, &answers);
+  const Inputs in = load_inputs(args);
+  const Meter& model = *in.model;
+  const MeterConfig& config = model.config();
+  const TaskData& set = in.set;
+  const data::AnswerVocab& answers = in.answers;
+  const data::LoaderOptions& lo = in.loader;
   PackedMeter::Options po = inference_options(args);
   if (!config.trim.enabled) po.trimmers = false;
 
@@ -127,8 +146,8 @@ int eval_command(int argc, char** argv) {
     if (limit < 1) args.fail("--limit must be at least 1");
     source.size = std::min(source.size, limit);
   }
-  data::Loader loader(source, *tokenizer, lo);
-  const PackedMeter packed(*model);
+  data::Loader loader(source, *in.tokenizer, lo);
+  const PackedMeter packed(model);
 
   std::vector<double> gflops, ratio, scores;
   std::map<std::string, std::pair<double, int64_t>> by_category;  // sum of scores, count
@@ -215,27 +234,19 @@ int eval_command(int argc, char** argv) {
 int bench_command(int argc, char** argv) {
   cli::Args args("smarttrim bench",
                  "Times a trimmed model against itself at full capacity on the same batches, side by side,\n"
-                 "at batch 1 and batch 32, and prints the speed-up next to the FLOPs reduction.");
+                 "at batch 1 and at --batch (32), and prints the speed-up next to the FLOPs reduction.");
   add_model_options(args);
   add_tokenizer_options(args);
-  args.option("answers", "FILE", "the VQA answer list; default: answers.json next to the model");
   add_data_options(args, "val");
   add_inference_options(args);
   args.option("repeats", "N", "timed rounds (the median is reported)", "5");
   args.option("json", "FILE", "write the measurements as JSON");
   if (!args.parse(argc, argv, 2)) return 0;
 
-  const std::unique_ptr<Meter> model = load_model(args);
-  const MeterConfig& config = model->config();
-  if (!config.trim.enabled) throw ArgumentError("bench compares trimmed and full capacity: the model has no trimmers");
-  const std::unique_ptr<data::Tokenizer> tokenizer = load_tokenizer(args);
-  const TaskData set = load_task_data(args);
-  data::AnswerVocab answers;
-  if (set.task == Task::VQA) answers = load_answers(args, config);
-  data::LoaderOptions lo = loader_options(config, args);
-  lo.shuffle = false;
-  lo.batch_size = 32;
-  check_fits(config, *tokenizer, lo.max_text_len, set.task, &answers);
+  const Inputs in = load_inputs(args);
+  const Meter& model = *in.model;
+  const TaskData& set = in.set;
+  if (!model.config().trim.enabled) throw ArgumentError("bench compares trimmed and full capacity: the model has no trimmers");
   PackedMeter::Options trimmed = inference_options(args);
   if (!trimmed.trimmers) args.fail("bench always runs both; drop --full");
   PackedMeter::Options full = trimmed;
@@ -243,11 +254,11 @@ int bench_command(int argc, char** argv) {
   const int64_t repeats = args.integer("repeats");
   if (repeats < 1) args.fail("--repeats must be at least 1");
 
-  data::Loader loader(set.source(answers), *tokenizer, lo);
+  data::Loader loader(set.source(in.answers), *in.tokenizer, in.loader);
   std::optional<data::LoadedBatch> lb = loader.next();
   if (!lb) throw FormatError(set.where + ": no example could be read");
   const TrainBatch batch = lb->batch;
-  const PackedMeter packed(*model);
+  const PackedMeter packed(model);
 
   nlohmann::ordered_json j;
   j["model"] = args.text("model");

@@ -21,7 +21,6 @@ namespace {
 void add_single_example_options(cli::Args& args) {
   add_model_options(args);
   add_tokenizer_options(args);
-  args.option("answers", "FILE", "the VQA answer list; default: answers.json next to the model");
   args.option("image", "FILE", "a PNG, JPEG or BMP image").required();
   args.option("max-text-len", "N", "text tokens, specials included", "32");
   args.option("theta", "X", "keep a token iff its trimmer's logit > X", "0");

@@ -128,6 +128,7 @@ std::string TaskData::category(int64_t i) const {
 
 void add_model_options(cli::Args& args) {
   args.option("model", "FILE", "model weights (written by `smarttrim train` or weights/convert_meter.py)").required();
+  args.option("answers", "FILE", "the VQA answer list; default: answers.json next to the model");
 }
 
 std::unique_ptr<Meter> load_model(const cli::Args& args) {

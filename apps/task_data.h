@@ -48,7 +48,7 @@ struct TaskData {
 };
 TaskData load_task_data(const cli::Args& args);
 
-// The model: --model FILE (weights with their config).
+// The model: --model FILE (weights with their config) and --answers FILE.
 void add_model_options(cli::Args& args);
 std::unique_ptr<Meter> load_model(const cli::Args& args);
 
