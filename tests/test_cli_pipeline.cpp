@@ -180,6 +180,11 @@ TEST_CASE("cli pipeline: bad arguments exit 2 with the usage; bad inputs exit 1 
                                     "/vocab.txt --data " + p.dir / "nowhere");
   CHECK(no_data.status == 1);
   CHECK(no_data.output.find("nowhere") != std::string::npos);
+  // a --set key the config does not have
+  CommandResult typo = smarttrim("train --config configs/demo-fashion.json --set dropot=0" + p.common + " --out " +
+                                 p.dir / "typo" + " --steps 1");
+  CHECK(typo.status == 1);
+  CHECK(typo.output.find("unknown key 'dropot'") != std::string::npos);
   // --target without trimmers
   CommandResult target = smarttrim("train --config configs/demo-fashion.json" + p.common + " --out " + p.dir / "t" +
                                    " --steps 1 --target 0.5");
