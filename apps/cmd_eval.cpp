@@ -50,10 +50,10 @@ TrainBatch row_of(const TrainBatch& batch, int64_t b) {
   auto slice = [&](const Tensor& t) {
     if (!t.defined()) return Tensor();
     std::vector<int64_t> shape = t.shape();
-    const int64_t per_row = t.numel() / shape[0];
+    const size_t row_bytes = t.nbytes() / size_t(shape[0]);
     shape[0] = 1;
     Tensor out = Tensor::empty(shape, t.dtype());
-    std::memcpy(out.raw_data(), static_cast<const char*>(t.raw_data()) + size_t(b * per_row) * 4, size_t(per_row) * 4);
+    std::memcpy(out.raw_data(), static_cast<const char*>(t.raw_data()) + size_t(b) * row_bytes, row_bytes);
     return out;
   };
   TrainBatch one;

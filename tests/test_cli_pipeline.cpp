@@ -115,10 +115,10 @@ TEST_CASE("cli pipeline: eval writes the promised JSON keys; per-example costs a
 TEST_CASE("cli pipeline: infer, viz and bench") {
   Pipeline& p = pipeline();
   REQUIRE(p.trained_trim.status == 0);
-  const std::string image = p.data + "/vqa/images/COCO_fashion_test_" + std::string(11, '0') + "1.png";
-  std::string image_path = image;
+  std::string image_path;  // any test scene
   for (const auto& e : fs::directory_iterator(p.data + "/vqa/images"))
     if (e.path().filename().string().find("fashion_test") != std::string::npos) image_path = e.path().string();
+  REQUIRE(!image_path.empty());
   const std::string model = " --model " + p.trimmed + "/model.st --vocab " + p.data + "/vocab.txt --image " + image_path;
   CommandResult i = smarttrim("infer" + model + " --question 'is there a bag?'");
   INFO(i.output);
