@@ -20,20 +20,20 @@ def load(path):
 
 def questions(questions_json, image):
     image_id = int(re.search(r"_(\d{12})\.", os.path.basename(image)).group(1))
-    asked = [q["question"] for q in load(questions_json)["questions"] if q["image_id"] == image_id]
+    about_image = [q for q in load(questions_json)["questions"] if q["image_id"] == image_id]
     annotations = questions_json.replace("_questions.json", "_annotations.json")
     kinds = {}
     if os.path.exists(annotations):
         kinds = {a["question_id"]: a["question_type"] for a in load(annotations)["annotations"]}
     seen, chosen = set(), []
-    for q in load(questions_json)["questions"]:
+    for q in about_image:  # one of each type first
         kind = kinds.get(q["question_id"], "")
-        if q["image_id"] == image_id and kind not in seen:
+        if kind not in seen:
             seen.add(kind)
             chosen.append(q["question"])
-    for q in asked:  # fill up with any others
-        if len(chosen) < 4 and q not in chosen:
-            chosen.append(q)
+    for q in about_image:  # then fill up with any others
+        if len(chosen) < 4 and q["question"] not in chosen:
+            chosen.append(q["question"])
     print("\n".join(chosen[:4]))
 
 
