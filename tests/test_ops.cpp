@@ -6,9 +6,12 @@
 // its backward differentiates.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
+#include <vector>
 
+#include "engine/kernels.h"
 #include "engine/ops.h"
 
 using namespace st;
@@ -532,5 +535,42 @@ TEST_CASE("ops: every case belongs to a test group") {
     for (const char* p : prefixes) found = found || c.name.rfind(p, 0) == 0;
     INFO(c.name);
     CHECK(found);
+  }
+}
+
+// The activation kernels take a vectorised serial path for short inputs and
+// a threaded one for long inputs: both against double-precision references.
+TEST_CASE("ops: activation kernels on short and long inputs, forward and derivative") {
+  using st::cpu::Unary;
+  struct Act { Unary op; const char* name; double (*f)(double); double (*df)(double); };
+  const Act acts[] = {
+      {Unary::Exp, "exp", [](double v) { return std::exp(v); }, [](double v) { return std::exp(v); }},
+      {Unary::Sigmoid, "sigmoid", [](double v) { return 1 / (1 + std::exp(-v)); },
+       [](double v) { const double s = 1 / (1 + std::exp(-v)); return s * (1 - s); }},
+      {Unary::Gelu, "gelu", [](double v) { return v * 0.5 * (1 + std::erf(v / std::sqrt(2.0))); },
+       [](double v) { return 0.5 * (1 + std::erf(v / std::sqrt(2.0))) + v * std::exp(-0.5 * v * v) / std::sqrt(2 * M_PI); }},
+      {Unary::QuickGelu, "quick_gelu", [](double v) { return v / (1 + std::exp(-1.702 * v)); },
+       [](double v) { const double s = 1 / (1 + std::exp(-1.702 * v)); return s + 1.702 * v * s * (1 - s); }},
+  };
+  for (int64_t n : {1001, 40001}) {
+    const size_t len = static_cast<size_t>(n);
+    std::vector<float> x(len), y(len), dx(len, 0.0f), ones(len, 1.0f);
+    for (int64_t i = 0; i < n; i++) x[size_t(i)] = -6.0f + 12.0f * float(i) / float(n - 1) + 1e-3f * float(i % 7);
+    for (const Act& a : acts) {
+      CAPTURE(std::string(a.name));
+      CAPTURE(n);
+      st::cpu::unary_forward(a.op, y.data(), x.data(), n);
+      std::fill(dx.begin(), dx.end(), 0.0f);
+      st::cpu::unary_backward(a.op, dx.data(), ones.data(), x.data(), y.data(), n);
+      double worst = 0, worst_d = 0;
+      for (int64_t i = 0; i < n; i++) {
+        const double v = x[size_t(i)], f = a.f(v), df = a.df(v);
+        // float32 formulas: relative 1e-5, and absolute 1e-6 where they cancel (GELU's 1 + erf near -1)
+        worst = std::max(worst, std::fabs(y[size_t(i)] - f) / (1e-5 * std::fabs(f) + 1e-6));
+        worst_d = std::max(worst_d, std::fabs(dx[size_t(i)] - df) / (1e-5 * std::fabs(df) + 1e-6));
+      }
+      CHECK(worst <= 1.0);
+      CHECK(worst_d <= 1.0);
+    }
   }
 }

@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "engine/ops/common.h"
+#include "engine/ops/vector_math.h"
 
 namespace st {
 namespace cpu {
@@ -16,7 +17,8 @@ void softmax_forward(float* out, const float* x, int64_t rows, int64_t n) {
     float m = -std::numeric_limits<float>::infinity();
     for (int64_t i = 0; i < n; i++) m = std::max(m, xr[i]);
     float s = 0.0f;
-    for (int64_t i = 0; i < n; i++) s += (yr[i] = std::exp(xr[i] - m));
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < n; i++) s += (yr[i] = vexp(xr[i] - m));
     float inv = 1.0f / s;
     for (int64_t i = 0; i < n; i++) yr[i] *= inv;
   }
@@ -41,7 +43,8 @@ void log_softmax_forward(float* out, const float* x, int64_t rows, int64_t n) {
     float m = -std::numeric_limits<float>::infinity();
     for (int64_t i = 0; i < n; i++) m = std::max(m, xr[i]);
     float s = 0.0f;
-    for (int64_t i = 0; i < n; i++) s += std::exp(xr[i] - m);
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < n; i++) s += vexp(xr[i] - m);
     float lse = m + std::log(s);
     for (int64_t i = 0; i < n; i++) out[r * n + i] = xr[i] - lse;
   }
@@ -66,8 +69,11 @@ static inline void masked_row_stats(const float* a, const float* M, int Nk, floa
     if (M[j] != 0.0f) m = std::max(m, a[j]);
   S = 0.0f;
   if (m == -std::numeric_limits<float>::infinity()) return;
-  for (int j = 0; j < Nk; j++)
-    if (M[j] != 0.0f) S += M[j] * std::exp(a[j] - m);
+#pragma omp simd reduction(+ : S)
+  for (int j = 0; j < Nk; j++) {
+    const float e = vexp(a[j] - m);  // computed for every key, so the loop vectorises
+    S += M[j] != 0.0f ? M[j] * e : 0.0f;
+  }
 }
 
 // A_ij = M_j exp(a_ij - m_i) / S_i
@@ -80,7 +86,11 @@ void masked_softmax_forward(float* out, const float* scores, const float* mask, 
     float m, S;
     masked_row_stats(a, M, Nk, m, S);
     float inv = S > 0.0f ? 1.0f / S : 0.0f;
-    for (int j = 0; j < Nk; j++) A[j] = M[j] != 0.0f ? M[j] * std::exp(a[j] - m) * inv : 0.0f;
+#pragma omp simd
+    for (int j = 0; j < Nk; j++) {
+      const float e = vexp(a[j] - m);
+      A[j] = M[j] != 0.0f ? M[j] * e * inv : 0.0f;
+    }
   }
 }
 

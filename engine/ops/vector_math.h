@@ -1,0 +1,24 @@
+// expf and erff that vectorise. The activations (GELU, QuickGELU, sigmoid)
+// and softmax spend most of their time in these two functions, one element
+// at a time. glibc's libmvec has SIMD versions of both (erff since 2.35);
+// declaring the scalar functions with `omp declare simd` lets the compiler
+// call those from loops marked `#pragma omp simd` (4 floats per call at the
+// baseline x86-64 ISA instead of 1). Where libmvec lacks them, the same
+// loops call the scalar functions. Results differ from the scalar ones by
+// at most a few units in the last place.
+#pragma once
+#include <cmath>
+
+#if defined(__x86_64__) && defined(__GLIBC__) && defined(_OPENMP) && !defined(__clang__)
+#if __GLIBC_PREREQ(2, 35)
+#pragma omp declare simd notinbranch
+extern "C" float expf(float) noexcept;
+#pragma omp declare simd notinbranch
+extern "C" float erff(float) noexcept;
+#endif
+#endif
+
+namespace st::cpu {
+inline float vexp(float x) { return ::expf(x); }
+inline float verf(float x) { return ::erff(x); }
+}  // namespace st::cpu
