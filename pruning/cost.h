@@ -9,7 +9,8 @@
 //   MSA = 2 n d (3 h k) + 4 n^2 h k + 2 n (h k) d
 //   MCA = 2 n d (h k) + 4 n' d (h k) + 4 n n' h k + 2 n (h k) d
 //   FFN = 4 n d f
-//   token trimmer scoring n tokens: 2 n d d_t + 2 d_c d_t (u) + 2 n (3 d_t) d_t + 2 n d_t
+//   token trimmer scoring n tokens: 2 n d d_t (h) + 2 d_c d_t (u) + 2 n d_t d_t + 2 (2 d_t) d_t (W_1) + 2 n d_t
+//     (W_1 [h_i ; g ; u] = W_1h h_i + (W_1g g + W_1u u): the bracket is one vector per example)
 //   head trimmer (q of width w, hidden d_h): 2 w d_h + 2 d_h H
 //
 // The counts are a template parameter: Tensor (B,) counts from the training
@@ -69,8 +70,9 @@ T ffn(const T& n, double d, double f) {
 // A token trimmer scoring n tokens of width d, with cross input of width d_c and trimmer width d_t.
 template <typename T>
 T token_trimmer(const T& n, double d, double d_c, double d_t, bool cross_modal) {
-  const double views = cross_modal ? 3 : 2;
-  return plus(times(n, 2.0 * d * d_t + 2.0 * views * d_t * d_t + 2.0 * d_t), cross_modal ? 2.0 * d_c * d_t : 0.0);
+  const double per_example_views = cross_modal ? 2 : 1;  // g, and u
+  const double per_example = 2.0 * per_example_views * d_t * d_t + (cross_modal ? 2.0 * d_c * d_t : 0.0);
+  return plus(times(n, 2.0 * d * d_t + 2.0 * d_t * d_t + 2.0 * d_t), per_example);
 }
 inline double head_trimmer(double q_width, double hidden, double heads) {
   return 2.0 * q_width * hidden + 2.0 * hidden * heads;

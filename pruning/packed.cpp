@@ -8,6 +8,7 @@
 
 #include "engine/error.h"
 #include "engine/gemm.h"
+#include "engine/ops/vector_math.h"
 
 namespace st {
 
@@ -123,21 +124,54 @@ void softmax_rows(float* s, int64_t rows, int64_t cols) {
     float m = row[0];
     for (int64_t j = 1; j < cols; j++) m = std::max(m, row[j]);
     float sum = 0;
-    for (int64_t j = 0; j < cols; j++) sum += row[j] = std::exp(row[j] - m);
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < cols; j++) sum += row[j] = cpu::vexp(row[j] - m);
     const float inv = 1.0f / sum;
     for (int64_t j = 0; j < cols; j++) row[j] *= inv;
   }
+}
+
+// The packed rows of the examples that keep head h, for each head:
+// rows[h] lists them in order, so one GEMM per head covers every example.
+struct RowsPerHead {
+  std::vector<std::vector<int32_t>> rows;  // [head] -> row indices into a packed buffer
+};
+
+RowsPerHead rows_per_head(const Segments& s, const Tensor& head_keep, int64_t H) {
+  RowsPerHead out;
+  out.rows.resize(size_t(H));
+  for (int64_t h = 0; h < H; h++)
+    for (int64_t b = 0; b < s.examples(); b++)
+      if (head_keep.data()[b * H + h] != 0.0f)
+        for (int64_t r = s.at[size_t(b)]; r < s.at[size_t(b + 1)]; r++) out.rows[size_t(h)].push_back(int32_t(r));
+  return out;
+}
+
+// out[rows[i], c0 .. c0+cols) = (x[rows[i]] (d) W[c0 .. c0+cols)^T + b) * scale, for the listed rows only.
+void project_rows(const float* x, const std::vector<int32_t>& rows, int64_t d, const float* W, const float* bias,
+                  int64_t c0, int64_t cols, float scale, float* out, int64_t ld) {
+  const int64_t n = int64_t(rows.size());
+  if (n == 0) return;
+  thread_local std::vector<float> in, res;
+  in.resize(size_t(n * d)), res.resize(size_t(n * cols));
+  for (int64_t i = 0; i < n; i++) std::copy_n(x + int64_t(rows[size_t(i)]) * d, d, in.data() + i * d);
+  sgemm(false, true, int(n), int(cols), int(d), 1.0f, in.data(), int(d), W + c0 * d, int(d), 0.0f, res.data(), int(cols));
+  for (int64_t i = 0; i < n; i++)
+    for (int64_t j = 0; j < cols; j++)
+      out[int64_t(rows[size_t(i)]) * ld + c0 + j] = (res[size_t(i * cols + j)] + bias[c0 + j]) * scale;
 }
 
 // Multi-head attention for every example on its own segments:
 //   queries x (R, d) in segments qs; keys and values from memory (R', d) in segments ks;
 //   head_keep (B, H) 0/1, or undefined for every head. -> (R, d)
 // Three phases. Projections: with every head kept, one GEMM per projection
-// over all packed rows; with a head mask, each example projects only its
-// kept heads (runs of consecutive heads share a GEMM), so a dropped head's
+// over all packed rows; with a head mask, one GEMM per (head, projection)
+// over the rows of the examples that keep that head, so a dropped head's
 // Q, K, V and output columns are never computed. Attention: one job per
-// (example, kept head), spread over the threads. Output projection: like the
-// projections. Every example is charged for exactly the work done for it.
+// (example, kept head), spread over the threads. Output projection: with a
+// head mask, O = b_o + sum over heads of ctx[:, head] W_o[:, head]^T, one
+// GEMM per head on its rows. Every example is charged for exactly the work
+// done for it.
 Tensor packed_attention(const Attention& attention, const Tensor& x, const Segments& qs, const Tensor& memory,
                         const Segments& ks, const Tensor& head_keep, Flops& flops) {
   const AttentionWeights w = weights_of(attention);
@@ -145,66 +179,43 @@ Tensor packed_attention(const Attention& attention, const Tensor& x, const Segme
   const float scale = 1.0f / std::sqrt(float(k));
   bool every_head = true;  // no mask, or one that keeps every head of every example
   for (int64_t i = 0; head_keep.defined() && i < head_keep.numel(); i++) every_head = every_head && head_keep.data()[i] != 0.0f;
-  // Many examples: one thread per example (GEMMs inside run single-threaded). Few: the GEMMs use the threads.
   // Tiny work stays on one thread: a parallel region costs more than it saves there.
   const double work = 2.0 * double(qs.total() + ks.total()) * double(d) * double(d);
   const bool worth_threads = work > 4e6;
-  const bool per_example_threads = worth_threads && B >= 2 * omp_get_max_threads();
-
-  // Kept heads of each example, and their runs [h0, h1).
-  std::vector<std::vector<int64_t>> kept(static_cast<size_t>(B));
-  std::vector<std::vector<std::pair<int64_t, int64_t>>> runs(static_cast<size_t>(B));
+  auto keeps = [&](int64_t b, int64_t h) { return every_head || head_keep.data()[b * H + h] != 0.0f; };
+  std::vector<int64_t> heads_of(size_t(B), H);  // kept heads per example
+  for (int64_t b = 0; b < B && !every_head; b++) {
+    heads_of[size_t(b)] = 0;
+    for (int64_t h = 0; h < H; h++) heads_of[size_t(b)] += keeps(b, h);
+  }
+  // Q (2 q d) and O (2 q d) on the queries, K and V (4 k d) on the keys, per kept head of k columns
   for (int64_t b = 0; b < B; b++)
-    for (int64_t h = 0; h < H; h++) {
-      if (!every_head && head_keep.data()[b * H + h] == 0.0f) continue;
-      kept[size_t(b)].push_back(h);
-      auto& r = runs[size_t(b)];
-      if (!r.empty() && r.back().second == h) r.back().second = h + 1;
-      else r.push_back({h, h + 1});
-    }
+    flops[size_t(b)] += double(heads_of[size_t(b)] * k) * (4.0 * double(qs.rows(b)) * d + 4.0 * double(ks.rows(b)) * d);
 
   // --- projections: q (R, d), k and v (R', d); a dropped head's columns stay unwritten
   Tensor q = Tensor::empty({qs.total(), d}), kk = Tensor::empty({ks.total(), d}), v = Tensor::empty({ks.total(), d});
+  RowsPerHead q_rows, k_rows;
   if (every_head) {
     project(x.data(), qs.total(), d, w.wq, w.bq, 0, d, scale, q.data(), d);
     project(memory.data(), ks.total(), d, w.wk, w.bk, 0, d, 1.0f, kk.data(), d);
     project(memory.data(), ks.total(), d, w.wv, w.bv, 0, d, 1.0f, v.data(), d);
-    for (int64_t b = 0; b < B; b++) flops[size_t(b)] += 2.0 * double(qs.rows(b)) * d * d + 4.0 * double(ks.rows(b)) * d * d;
   } else {
-    // One job per (example, run of kept heads, projection): small GEMMs, so
-    // the jobs, not the GEMMs, are spread over the threads.
-    struct Job {
-      int64_t b, h0, h1;
-      int which;  // 0 Q, 1 K, 2 V
-    };
-    std::vector<Job> jobs;
-    for (int64_t b = 0; b < B; b++)
-      for (auto [h0, h1] : runs[size_t(b)])
-        for (int64_t from = h0; from < h1; from += 2)  // at most two heads a job, so few examples still fill the threads
-          for (int which = 0; which < 3; which++) jobs.push_back({b, from, std::min(from + 2, h1), which});
+    q_rows = rows_per_head(qs, head_keep, H), k_rows = rows_per_head(ks, head_keep, H);
 #pragma omp parallel for schedule(dynamic) if (worth_threads)
-    for (size_t j = 0; j < jobs.size(); j++) {
-      const Job& job = jobs[j];
-      const int64_t c0 = job.h0 * k, cols = (job.h1 - job.h0) * k;
-      if (job.which == 0)
-        project(x.data() + qs.at[size_t(job.b)] * d, qs.rows(job.b), d, w.wq, w.bq, c0, cols, scale,
-                q.data() + qs.at[size_t(job.b)] * d, d);
-      else
-        project(memory.data() + ks.at[size_t(job.b)] * d, ks.rows(job.b), d, job.which == 1 ? w.wk : w.wv,
-                job.which == 1 ? w.bk : w.bv, c0, cols, 1.0f, (job.which == 1 ? kk : v).data() + ks.at[size_t(job.b)] * d,
-                d);
+    for (int64_t j = 0; j < 3 * H; j++) {
+      const int64_t h = j / 3, which = j % 3;  // 0 Q, 1 K, 2 V
+      if (which == 0) project_rows(x.data(), q_rows.rows[size_t(h)], d, w.wq, w.bq, h * k, k, scale, q.data(), d);
+      if (which == 1) project_rows(memory.data(), k_rows.rows[size_t(h)], d, w.wk, w.bk, h * k, k, 1.0f, kk.data(), d);
+      if (which == 2) project_rows(memory.data(), k_rows.rows[size_t(h)], d, w.wv, w.bv, h * k, k, 1.0f, v.data(), d);
     }
-    for (int64_t b = 0; b < B; b++)
-      for (auto [h0, h1] : runs[size_t(b)])
-        flops[size_t(b)] += 2.0 * double(qs.rows(b)) * d * double((h1 - h0) * k) + 4.0 * double(ks.rows(b)) * d * double((h1 - h0) * k);
   }
 
   // --- attention: softmax(Q_h K_h^T) V_h per (example, kept head)
   std::vector<std::pair<int64_t, int64_t>> jobs;
   for (int64_t b = 0; b < B; b++)
-    for (int64_t h : kept[size_t(b)]) jobs.push_back({b, h});
+    for (int64_t h = 0; h < H; h++)
+      if (keeps(b, h)) jobs.push_back({b, h});
   Tensor ctx = Tensor::empty({qs.total(), d});
-  std::vector<double> job_flops(jobs.size());
 #pragma omp parallel for schedule(dynamic) if (worth_threads)
   for (size_t j = 0; j < jobs.size(); j++) {
     const auto [b, h] = jobs[j];
@@ -216,35 +227,30 @@ Tensor packed_attention(const Attention& attention, const Tensor& x, const Segme
     softmax_rows(scores.data(), n, m);
     sgemm(false, false, int(n), int(k), int(m), 1.0f, scores.data(), int(m), v.data() + kr * d + h * k, int(d), 0.0f,
           ctx.data() + qr * d + h * k, int(d));  // (n, k) = A V_h
-    job_flops[j] = 4.0 * double(n) * double(m) * double(k);
   }
-  for (size_t j = 0; j < jobs.size(); j++) flops[size_t(jobs[j].first)] += job_flops[j];
+  for (const auto& [b, h] : jobs) flops[size_t(b)] += 4.0 * double(qs.rows(b)) * double(ks.rows(b)) * double(k);
 
-  // --- output projection: O = b_o + sum over kept runs of ctx[:, run] W_o[:, run]^T
+  // --- output projection
   Tensor out = Tensor::empty({qs.total(), d});
   for (int64_t r = 0; r < qs.total(); r++) std::copy(w.bo, w.bo + d, out.data() + r * d);
   if (every_head) {
     sgemm(false, true, int(qs.total()), int(d), int(d), 1.0f, ctx.data(), int(d), w.wo, int(d), 1.0f, out.data(), int(d));
-    for (int64_t b = 0; b < B; b++) flops[size_t(b)] += 2.0 * double(qs.rows(b)) * d * d;
   } else {
-    // Per example, the kept heads' context columns and the matching columns
-    // of W_o are gathered side by side, so the output projection is one GEMM
-    // of the example's kept width (a run-by-run sum would race on O).
-#pragma omp parallel for schedule(dynamic) if (per_example_threads)
-    for (int64_t b = 0; b < B; b++) {
-      const int64_t n = qs.rows(b), qr = qs.at[size_t(b)], width = int64_t(kept[size_t(b)].size()) * k;
-      if (width == 0) continue;
-      thread_local std::vector<float> ctx_kept, wo_kept;
-      ctx_kept.resize(size_t(n * width)), wo_kept.resize(size_t(d * width));
-      for (size_t j = 0; j < kept[size_t(b)].size(); j++) {
-        const int64_t h = kept[size_t(b)][j];
-        for (int64_t r = 0; r < n; r++)
-          std::copy_n(ctx.data() + (qr + r) * d + h * k, k, ctx_kept.data() + r * width + int64_t(j) * k);
-        for (int64_t r = 0; r < d; r++) std::copy_n(w.wo + r * d + h * k, k, wo_kept.data() + r * width + int64_t(j) * k);
+    // Head by head: the rows that keep h read ctx's columns of h and W_o's
+    // columns of h. The heads run one after another (they add into the same rows).
+    std::vector<float> ctx_h, part;
+    for (int64_t h = 0; h < H; h++) {
+      const std::vector<int32_t>& rows = q_rows.rows[size_t(h)];
+      const int64_t n = int64_t(rows.size());
+      if (n == 0) continue;
+      ctx_h.resize(size_t(n * k)), part.resize(size_t(n * d));
+      for (int64_t i = 0; i < n; i++) std::copy_n(ctx.data() + int64_t(rows[size_t(i)]) * d + h * k, k, ctx_h.data() + i * k);
+      sgemm(false, true, int(n), int(d), int(k), 1.0f, ctx_h.data(), int(k), w.wo + h * k, int(d), 0.0f, part.data(),
+            int(d));  // (n, d) = ctx_h W_o[:, h]^T
+      for (int64_t i = 0; i < n; i++) {
+        float* o = out.data() + int64_t(rows[size_t(i)]) * d;
+        for (int64_t j = 0; j < d; j++) o[j] += part[size_t(i * d + j)];
       }
-      sgemm(false, true, int(n), int(d), int(width), 1.0f, ctx_kept.data(), int(width), wo_kept.data(), int(width), 1.0f,
-            out.data() + qr * d, int(d));
-      flops[size_t(b)] += 2.0 * double(n) * double(width) * double(d);
     }
   }
   return out;
@@ -269,36 +275,65 @@ Tensor vit_block(const ViTBlock& blk, const Tensor& x, const Segments& s, Flops&
 
 // --- trimmers on packed rows
 
+// Keep logits (R) of a token trimmer on packed rows (token_trimmer.h's
+// equations). W_1 [h_i ; g ; u] is split as W_1h h_i + (W_1g g + W_1u u):
+// the part in brackets is one vector per example, so W_1 costs 2 d_t^2 per
+// row instead of 2 (3 d_t) d_t, and no (R, 3 d_t) concatenation is built.
+std::vector<float> trimmer_logits(const TokenTrimmer& tr, const Tensor& x, const Segments& s, const Tensor& summary,
+                                  Flops& flops) {
+  const int64_t B = s.examples(), dt = tr.width(), views = tr.cross_modal ? 3 : 2;
+  Tensor h = gelu(linear_rows(tr.ln_x.forward(x), tr.local, s, flops));  // (R, d_t)
+  Tensor g = segment_mean(h, s);                                         // (B, d_t)
+  Tensor u;
+  if (tr.cross_modal) u = gelu(linear_rows(tr.ln_c.forward(summary), tr.cross, even_segments(B), flops));  // (B, d_t)
+  // per example: b_1 + W_1g g + W_1u u   (B, d_t)
+  const float* W1 = tr.mlp1.weight.data();  // (d_t, views * d_t): columns [h | g | u]
+  Tensor per_example = spread_to_rows(reshape(tr.mlp1.bias, {1, dt}), even_segments(1, B));  // b_1 in each of B rows
+  sgemm(false, true, int(B), int(dt), int(dt), 1.0f, g.data(), int(dt), W1 + dt, int(views * dt), 1.0f,
+        per_example.data(), int(dt));
+  if (tr.cross_modal)
+    sgemm(false, true, int(B), int(dt), int(dt), 1.0f, u.data(), int(dt), W1 + 2 * dt, int(views * dt), 1.0f,
+          per_example.data(), int(dt));
+  for (double& f : flops) f += 2.0 * double(views - 1) * double(dt * dt);
+  // per row: W_1h h_i, plus its example's vector, through GELU, then w_2 . a + b_2
+  Tensor a = spread_to_rows(per_example, s);  // (R, d_t)
+  sgemm(false, true, int(s.total()), int(dt), int(dt), 1.0f, h.data(), int(dt), W1, int(views * dt), 1.0f, a.data(),
+        int(dt));
+  a = gelu(a);
+  std::vector<float> logits(size_t(s.total()));
+  const float* w2 = tr.mlp2.weight.data();
+  const float b2 = tr.mlp2.bias.data()[0];
+  for (int64_t r = 0; r < s.total(); r++) {
+    float dot = b2;
+    for (int64_t j = 0; j < dt; j++) dot += w2[j] * a.data()[r * dt + j];
+    logits[size_t(r)] = dot;
+  }
+  for (int64_t b = 0; b < B; b++) flops[size_t(b)] += double(s.rows(b)) * (2.0 * double(dt * dt) + 2.0 * double(dt));
+  return logits;
+}
+
 // Keep flags (R) of a token trimmer, the first row of every example always kept:
 //   keep_ratio == 0: logit > theta (SmartTrim's adaptive rule);
 //   keep_ratio > 0:  the ceil(keep_ratio * n) highest logits of each example's n rows
 //                    (the fixed-ratio top-k baseline: every example keeps the same share).
 std::vector<float> keep_tokens(const TokenTrimmer& tr, const Tensor& x, const Segments& s, const Tensor& summary,
-                               float tau, float theta, float keep_ratio, Flops& flops) {
-  Tensor h = gelu(linear_rows(tr.ln_x.forward(x), tr.local, s, flops));  // (R, d_t)
-  std::vector<Tensor> views = {h, spread_to_rows(segment_mean(h, s), s)};
-  if (tr.cross_modal) {
-    Tensor u = gelu(linear_rows(tr.ln_c.forward(summary), tr.cross, even_segments(s.examples()), flops));  // (B, d_t)
-    views.push_back(spread_to_rows(u, s));
-  }
-  Tensor logits = linear_rows(gelu(linear_rows(concat(views, -1), tr.mlp1, s, flops)), tr.mlp2, s, flops);  // (R, 1)
-  std::vector<float> keep;
-  if (keep_ratio > 0) {
-    const std::vector<float> score = logits.to_vector();
-    keep.assign(score.size(), 0.0f);
-    for (int64_t b = 0; b < s.examples(); b++) {
-      const int64_t first = s.at[size_t(b)], n = s.rows(b);
+                               float theta, float keep_ratio, Flops& flops) {
+  const std::vector<float> score = trimmer_logits(tr, x, s, summary, flops);
+  std::vector<float> keep(score.size(), 0.0f);
+  for (int64_t b = 0; b < s.examples(); b++) {
+    const int64_t first = s.at[size_t(b)], n = s.rows(b);
+    if (keep_ratio > 0) {
       std::vector<int64_t> order;
       for (int64_t r = first + 1; r < first + n; r++) order.push_back(r);  // the first row is kept anyway
       const int64_t k = std::min<int64_t>(int64_t(order.size()), int64_t(std::ceil(keep_ratio * double(n))) - 1);
       std::partial_sort(order.begin(), order.begin() + std::max<int64_t>(k, 0), order.end(),
                         [&](int64_t a, int64_t c) { return score[size_t(a)] > score[size_t(c)]; });
       for (int64_t i = 0; i < k; i++) keep[size_t(order[size_t(i)])] = 1.0f;
+    } else {
+      for (int64_t r = first; r < first + n; r++) keep[size_t(r)] = score[size_t(r)] > theta ? 1.0f : 0.0f;
     }
-  } else {
-    keep = gumbel_sigmoid_st(theta == 0 ? logits : logits - theta, tau, nullptr).to_vector();
+    keep[size_t(first)] = 1.0f;
   }
-  for (int64_t b = 0; b < s.examples(); b++) keep[size_t(s.at[size_t(b)])] = 1.0f;
   return keep;
 }
 
@@ -348,7 +383,7 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
   for (int l = 0; l < c.text_layers; l++) {
     if (int s = trimming ? TrimConfig::site(tc.text_token_layers, l) : -1; s >= 0) {
       record(&PassCounts<double>::text_scored, ts);
-      ts = repack(t, ts, keep_tokens(m_.text_token_trimmers_[size_t(s)], t, ts, image_summary, tc.tau,
+      ts = repack(t, ts, keep_tokens(m_.text_token_trimmers_[size_t(s)], t, ts, image_summary,
                                      opt.token_threshold, opt.keep_ratio, flops), t_pos);
       pass.kept.push_back({"text", l, positions_by_example(t_pos, ts)});
     }
@@ -368,7 +403,7 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
   for (int l = 0; l < c.vit_layers; l++) {
     if (int s = trimming ? TrimConfig::site(tc.vit_token_layers, l) : -1; s >= 0) {
       record(&PassCounts<double>::vit_scored, vs);
-      vs = repack(v, vs, keep_tokens(m_.vit_token_trimmers_[size_t(s)], v, vs, text_first, tc.tau,
+      vs = repack(v, vs, keep_tokens(m_.vit_token_trimmers_[size_t(s)], v, vs, text_first,
                                      opt.token_threshold, opt.keep_ratio, flops), v_pos);
       pass.kept.push_back({"vit", l, positions_by_example(v_pos, vs)});
     }
@@ -390,9 +425,9 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
       record(&PassCounts<double>::cross_text_scored, ts);
       record(&PassCounts<double>::cross_image_scored, vs);
       const Tensor t_first = first_rows(t, ts), v_first = first_rows(v, vs);  // before either stream changes
-      std::vector<float> keep_t = keep_tokens(m_.cross_text_token_trimmers_[size_t(s)], t, ts, v_first, tc.tau,
+      std::vector<float> keep_t = keep_tokens(m_.cross_text_token_trimmers_[size_t(s)], t, ts, v_first,
                                               opt.token_threshold, opt.keep_ratio, flops);
-      std::vector<float> keep_v = keep_tokens(m_.cross_image_token_trimmers_[size_t(s)], v, vs, t_first, tc.tau,
+      std::vector<float> keep_v = keep_tokens(m_.cross_image_token_trimmers_[size_t(s)], v, vs, t_first,
                                               opt.token_threshold, opt.keep_ratio, flops);
       ts = repack(t, ts, keep_t, t_pos);
       vs = repack(v, vs, keep_v, v_pos);

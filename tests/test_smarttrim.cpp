@@ -139,6 +139,33 @@ TEST_CASE("smarttrim: the cost model by hand on a small configuration") {
   CHECK(st::pass_flops(c, nt, false).item() == doctest::Approx(want).epsilon(1e-6));
 }
 
+TEST_CASE("smarttrim: the trimmers' own cost by hand") {
+  // meter-tiny-smarttrim: a ViT token trimmer before layer 1 (d 48, d_t 12, c from the 40-wide text),
+  // token trimmers in both streams before co-attention layers 0 and 1 (d 64, d_t 16), and head
+  // trimmers on the four attention modules of both co-attention layers (hidden 16, 4 heads).
+  st::MeterConfig c = st::load_meter_config("configs/meter-tiny-smarttrim.json");
+  st::PassCounts<double> n = st::full_counts(c, 5);
+  n.vit_scored = {17};
+  n.cross_text_scored = {5, 3};
+  n.cross_image_scored = {17, 9};
+  // per scored row: local 2 d d_t, W_1 on h 2 d_t^2, w_2 2 d_t; per example: W_1 on g and u 2 (2 d_t) d_t, u 2 d_c d_t
+  auto token = [](double rows, double d, double dt, double dc) {
+    return rows * (2 * d * dt + 2 * dt * dt + 2 * dt) + 2 * 2 * dt * dt + 2 * dc * dt;
+  };
+  double want = token(17, 48, 12, 40);
+  for (double rows : {5.0, 3.0, 17.0, 9.0}) want += token(rows, 64, 16, 64);
+  want += 2 * (2 * (2 * 64 * 16 + 2 * 16 * 4) + 2 * (2 * 128 * 16 + 2 * 16 * 4));  // MSA and MCA, both streams, 2 layers
+  CHECK(st::pass_flops(c, n, true) - st::pass_flops(c, n, false) == want);
+  c.trim.cross_modal_guidance = false;  // no u: W_1 reads [h ; g], and there is no W_x
+  auto unguided_token = [](double rows, double d, double dt) {
+    return rows * (2 * d * dt + 2 * dt * dt + 2 * dt) + 2 * dt * dt;
+  };
+  double unguided = unguided_token(17, 48, 12);
+  for (double rows : {5.0, 3.0, 17.0, 9.0}) unguided += unguided_token(rows, 64, 16);
+  unguided += 2 * (2 * (2 * 64 * 16 + 2 * 16 * 4) + 2 * (2 * 128 * 16 + 2 * 16 * 4));
+  CHECK(st::pass_flops(c, n, true) - st::pass_flops(c, n, false) == unguided);
+}
+
 TEST_CASE("smarttrim: curriculum values") {
   st::Curriculum cur{0.5, 0.5, true};
   CHECK(cur.target(0, 100) == 1.0);
