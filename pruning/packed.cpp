@@ -1,8 +1,6 @@
 // The packed inference path: see pruning/packed.h.
 #include "pruning/packed.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 
@@ -131,20 +129,15 @@ void softmax_rows(float* s, int64_t rows, int64_t cols) {
   }
 }
 
-// The packed rows of the examples that keep head h, for each head:
-// rows[h] lists them in order, so one GEMM per head covers every example.
-struct RowsPerHead {
-  std::vector<std::vector<int32_t>> rows;  // [head] -> row indices into a packed buffer
-};
-
-RowsPerHead rows_per_head(const Segments& s, const Tensor& head_keep, int64_t H) {
-  RowsPerHead out;
-  out.rows.resize(size_t(H));
+// For each head h, the packed rows of the examples that keep it, in order,
+// so one GEMM per head covers every example.   [H] -> row indices
+std::vector<std::vector<int32_t>> rows_per_head(const Segments& s, const Tensor& head_keep, int64_t H) {
+  std::vector<std::vector<int32_t>> rows(static_cast<size_t>(H));
   for (int64_t h = 0; h < H; h++)
     for (int64_t b = 0; b < s.examples(); b++)
       if (head_keep.data()[b * H + h] != 0.0f)
-        for (int64_t r = s.at[size_t(b)]; r < s.at[size_t(b + 1)]; r++) out.rows[size_t(h)].push_back(int32_t(r));
-  return out;
+        for (int64_t r = s.at[size_t(b)]; r < s.at[size_t(b + 1)]; r++) rows[size_t(h)].push_back(int32_t(r));
+  return rows;
 }
 
 // out[rows[i], c0 .. c0+cols) = (x[rows[i]] (d) W[c0 .. c0+cols)^T + b) * scale, for the listed rows only.
@@ -194,7 +187,7 @@ Tensor packed_attention(const Attention& attention, const Tensor& x, const Segme
 
   // --- projections: q (R, d), k and v (R', d); a dropped head's columns stay unwritten
   Tensor q = Tensor::empty({qs.total(), d}), kk = Tensor::empty({ks.total(), d}), v = Tensor::empty({ks.total(), d});
-  RowsPerHead q_rows, k_rows;
+  std::vector<std::vector<int32_t>> q_rows, k_rows;  // [head] -> rows of the examples keeping it
   if (every_head) {
     project(x.data(), qs.total(), d, w.wq, w.bq, 0, d, scale, q.data(), d);
     project(memory.data(), ks.total(), d, w.wk, w.bk, 0, d, 1.0f, kk.data(), d);
@@ -204,9 +197,9 @@ Tensor packed_attention(const Attention& attention, const Tensor& x, const Segme
 #pragma omp parallel for schedule(dynamic) if (worth_threads)
     for (int64_t j = 0; j < 3 * H; j++) {
       const int64_t h = j / 3, which = j % 3;  // 0 Q, 1 K, 2 V
-      if (which == 0) project_rows(x.data(), q_rows.rows[size_t(h)], d, w.wq, w.bq, h * k, k, scale, q.data(), d);
-      if (which == 1) project_rows(memory.data(), k_rows.rows[size_t(h)], d, w.wk, w.bk, h * k, k, 1.0f, kk.data(), d);
-      if (which == 2) project_rows(memory.data(), k_rows.rows[size_t(h)], d, w.wv, w.bv, h * k, k, 1.0f, v.data(), d);
+      if (which == 0) project_rows(x.data(), q_rows[size_t(h)], d, w.wq, w.bq, h * k, k, scale, q.data(), d);
+      if (which == 1) project_rows(memory.data(), k_rows[size_t(h)], d, w.wk, w.bk, h * k, k, 1.0f, kk.data(), d);
+      if (which == 2) project_rows(memory.data(), k_rows[size_t(h)], d, w.wv, w.bv, h * k, k, 1.0f, v.data(), d);
     }
   }
 
@@ -240,7 +233,7 @@ Tensor packed_attention(const Attention& attention, const Tensor& x, const Segme
     // columns of h. The heads run one after another (they add into the same rows).
     std::vector<float> ctx_h, part;
     for (int64_t h = 0; h < H; h++) {
-      const std::vector<int32_t>& rows = q_rows.rows[size_t(h)];
+      const std::vector<int32_t>& rows = q_rows[size_t(h)];
       const int64_t n = int64_t(rows.size());
       if (n == 0) continue;
       ctx_h.resize(size_t(n * k)), part.resize(size_t(n * d));
@@ -288,7 +281,7 @@ std::vector<float> trimmer_logits(const TokenTrimmer& tr, const Tensor& x, const
   if (tr.cross_modal) u = gelu(linear_rows(tr.ln_c.forward(summary), tr.cross, even_segments(B), flops));  // (B, d_t)
   // per example: b_1 + W_1g g + W_1u u   (B, d_t)
   const float* W1 = tr.mlp1.weight.data();  // (d_t, views * d_t): columns [h | g | u]
-  Tensor per_example = spread_to_rows(reshape(tr.mlp1.bias, {1, dt}), even_segments(1, B));  // b_1 in each of B rows
+  Tensor per_example = Tensor::zeros({B, dt}) + tr.mlp1.bias;  // b_1 in every row
   sgemm(false, true, int(B), int(dt), int(dt), 1.0f, g.data(), int(dt), W1 + dt, int(views * dt), 1.0f,
         per_example.data(), int(dt));
   if (tr.cross_modal)

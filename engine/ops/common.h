@@ -1,5 +1,5 @@
 // Shared by the op files: argument checks that name the op and the shapes,
-// the kernel dispatch seam, and a parallel loop.
+// the kernel dispatch seam, and small shape helpers.
 #pragma once
 #include <omp.h>
 
