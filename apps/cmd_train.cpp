@@ -148,6 +148,9 @@ int train_command(int argc, char** argv) {
   if (!args.parse(argc, argv, 2)) return 0;
 
   const std::string out = args.text("out");
+  // From here on, Ctrl-C is a request: the loop below saves a checkpoint and
+  // exits 130 (also when it comes during the setup, before the first step).
+  cli::catch_interrupts();
   const TaskData train = load_task_data(args);
   const std::unique_ptr<data::Tokenizer> tokenizer = load_tokenizer(args);
 
@@ -210,7 +213,6 @@ int train_command(int argc, char** argv) {
 
   std::fflush(stdout);  // before the progress bar starts on stderr
   data::Loader loader(train.source(answers), *tokenizer, lo);
-  cli::catch_interrupts();
   const int64_t total = trainer->options().total_steps, every = args.integer("checkpoint-every");
   cli::Progress progress("train", total - trainer->step_count(), "steps");
   double running_loss = NAN, running_ratio = NAN;
