@@ -5,6 +5,7 @@
 set -u
 build=${1:-build}
 passed=0 failed=0 skipped=0
+failures=""
 run_suite() {  # name, command...
   local name=$1; shift
   local log
@@ -13,6 +14,12 @@ run_suite() {  # name, command...
   local status=${PIPESTATUS[0]}
   local line
   line=$(grep -E '^\[doctest\] test cases:' "$log" | tail -n 1)
+  # doctest prints a failure where it happens, so a log cut to its tail can
+  # lose it; keep each failing case's name and first error for the summary.
+  local failed_cases
+  failed_cases=$(awk '/^TEST CASE:/ { name = $0; sub(/^TEST CASE: */, "", name) }
+                   / (FATAL )?ERROR: / && name != "" { print "  " name "\n    " $0; name = "" }' "$log")
+  [ -n "$failed_cases" ] && failures+="$failed_cases"$'\n'
   rm -f "$log"
   if [ -z "$line" ]; then
     echo "suite $name crashed or printed no summary (exit $status)"
@@ -28,6 +35,10 @@ run_suite() {  # name, command...
 }
 export SMARTTRIM_BIN="$build/smarttrim"  # tests/test_cli.cpp runs it
 run_suite unit "$build/unit_tests"
+if [ -n "$failures" ]; then
+  echo "failed test cases:"
+  printf "%s" "$failures"
+fi
 summary="$passed passed, $failed failed"
 [ "$skipped" -gt 0 ] && summary="$summary, $skipped skipped"
 echo "$summary"

@@ -144,10 +144,17 @@ TEST_CASE("cli pipeline: Ctrl-C saves a checkpoint and --resume finishes the run
   Pipeline& p = pipeline();
   REQUIRE(p.trained_full.status == 0);
   const std::string run = p.dir / "interrupted";
-  // SIGINT after 2 s of a run far too long to finish by then
-  CommandResult r = st::testing::run_command("timeout --preserve-status -s INT 2 " + st::testing::smarttrim_binary() +
-                                             " train --config configs/demo-fashion.json" + p.common + " --out " + run +
-                                             " --steps 100000 --batch 4");
+  // SIGINT once the run has logged its first step (a fixed delay would race
+  // the program's start on a slow or busy machine); the run is far too long
+  // to finish by itself.
+  const std::string train = st::testing::smarttrim_binary() + " train --config configs/demo-fashion.json" + p.common +
+                            " --out " + run + " --steps 100000 --batch 4";
+  CommandResult r = st::testing::run_command(
+      "bash -c '" + train + " & pid=$!; "
+      "for i in $(seq 1200); do [ \"$(wc -l < " + run + "/log.jsonl 2>/dev/null)\" -ge 2 ] 2>/dev/null && break; sleep 0.1; done; "
+      "kill -INT $pid; "
+      "for i in $(seq 600); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done; "  // 60 s to stop, or killed (137)
+      "kill -KILL $pid 2>/dev/null; wait $pid'");
   INFO(r.output);
   CHECK(r.status == 130);
   const size_t at = r.output.find("interrupted at step ");
