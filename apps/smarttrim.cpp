@@ -1,5 +1,6 @@
 // The smarttrim command line: one program, one subcommand per job
 // (apps/commands.h). `smarttrim help` lists them; each has --help.
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -10,6 +11,7 @@
 #include "engine/error.h"
 #include "engine/gemm.h"
 #include "layers/meter.h"
+#include "pruning/cost.h"
 #include "weights/format.h"
 #ifdef SMARTTRIM_CUDA
 #include "cuda/runtime.h"
@@ -31,7 +33,7 @@ void print_usage(FILE* out) {
                "  viz        draw kept and dropped patches and tokens for questions on one image\n"
                "  bench      trimmed against full capacity, side by side, at batch 1 and 32\n"
                "  inspect FILE  check a weights file (and, for a model, that its tensors fit\n"
-               "             its config); print its metadata and tensors\n"
+               "             its config); print its metadata, tensors and, for a model, its FLOPs\n"
                "  devices    list the CPU kernel and the GPUs this build can use\n"
                "  version    print the version\n"
                "  help       print this message\n");
@@ -70,8 +72,20 @@ int inspect(const std::string& path) {
     total += e.bytes;
   }
   std::printf("total: %zu tensors, %llu bytes\n", f.entries().size(), static_cast<unsigned long long>(total));
-  if (model_parameters >= 0)
+  if (model_parameters >= 0) {
     std::printf("matches its config: METER, %lld parameters\n", static_cast<long long>(model_parameters));
+    // What one question costs, and how far its trimmers can cut that: a cost
+    // target below the lowest ratio cannot be met by any training.
+    const st::MeterConfig config = st::meter_config_of(f);
+    const int text_tokens = std::min(16, config.max_text_positions);
+    const st::Task task = config.vqa_answers > 0 ? st::Task::VQA : st::Task::None;
+    std::printf("flops: %.4g GFLOPs per example at full capacity (%d text tokens%s)\n",
+                st::full_flops(config, text_tokens, task) / 1e9, text_tokens, task == st::Task::VQA ? ", VQA head" : "");
+    if (config.trim.enabled)
+      std::printf("flops: lowest FLOPs ratio its trimmers can reach: %.3f (only the first token after each token "
+                  "trimmer, one head per trimmed module)\n",
+                  st::lowest_flops_ratio(config, text_tokens, task));
+  }
   std::printf("ok\n");
   return 0;
 }
@@ -98,6 +112,13 @@ int run(int argc, char** argv) {
   if (cmd == "infer") return st::app::infer_command(argc, argv);
   if (cmd == "viz") return st::app::viz_command(argc, argv);
   if (cmd == "inspect") {
+    if (argc == 3 && (std::strcmp(argv[2], "--help") == 0 || std::strcmp(argv[2], "-h") == 0)) {
+      std::printf("usage: smarttrim inspect FILE\n\n"
+                  "Checks a weights file (a model, a checkpoint, or converted weights) and prints its metadata\n"
+                  "and tensors. For a model it also checks every tensor against the model's config and prints\n"
+                  "the FLOPs of one example and the lowest FLOPs ratio its trimmers can reach.\n");
+      return 0;
+    }
     if (argc != 3) {
       std::fprintf(stderr, "usage: smarttrim inspect FILE\n");
       return 2;

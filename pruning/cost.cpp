@@ -52,4 +52,38 @@ double full_flops(const MeterConfig& c, int text_tokens, Task task) {
   return (task == Task::NLVR2 ? 2.0 : 1.0) * pass + head_flops(c, task);
 }
 
+PassCounts<double> fewest_counts(const MeterConfig& c, int text_tokens) {
+  const TrimConfig& t = c.trim;
+  PassCounts<double> n = full_counts(c, text_tokens);
+  // Walks one stream's layers: from a trimmer site on, the stream keeps only its first token.
+  auto stream = [](std::vector<double>& tokens, std::vector<double>& scored, const std::vector<int>& sites) {
+    double kept = tokens.empty() ? 0 : tokens.front();
+    for (size_t l = 0; l < tokens.size(); l++) {
+      if (TrimConfig::site(sites, int(l)) >= 0) {
+        scored.push_back(kept);
+        kept = 1;
+      }
+      tokens[l] = kept;
+    }
+  };
+  if (!t.enabled) return n;
+  stream(n.vit_tokens, n.vit_scored, t.vit_token_layers);
+  stream(n.text_tokens, n.text_scored, t.text_token_layers);
+  if (!n.vit_tokens.empty()) n.image_out = n.vit_tokens.back();
+  if (!n.text_tokens.empty()) n.text_out = n.text_tokens.back();
+  n.cross_text_tokens.assign(n.cross_text_tokens.size(), n.text_out);
+  n.cross_image_tokens.assign(n.cross_image_tokens.size(), n.image_out);
+  stream(n.cross_text_tokens, n.cross_text_scored, t.cross_token_layers);
+  stream(n.cross_image_tokens, n.cross_image_scored, t.cross_token_layers);
+  for (int l : t.cross_head_layers)
+    for (auto* heads : {&n.text_self_heads, &n.text_cross_heads, &n.image_self_heads, &n.image_cross_heads})
+      (*heads)[size_t(l)] = 1;
+  return n;
+}
+
+double lowest_flops_ratio(const MeterConfig& c, int text_tokens, Task task) {
+  const double pass = pass_flops(c, fewest_counts(c, text_tokens), /*with_trimmers=*/true);
+  return ((task == Task::NLVR2 ? 2.0 : 1.0) * pass + head_flops(c, task)) / full_flops(c, text_tokens, task);
+}
+
 }  // namespace st

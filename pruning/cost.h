@@ -132,4 +132,14 @@ PassCounts<double> full_counts(const MeterConfig& c, int text_tokens);
 // NLVR2 counts two passes.
 double full_flops(const MeterConfig& c, int text_tokens, Task task);
 
+// The counts when every trimmer keeps the least it can: the first token after
+// each token trimmer, one head in each module with a head trimmer.
+PassCounts<double> fewest_counts(const MeterConfig& c, int text_tokens);
+
+// The lowest FLOPs ratio c's trimmers can reach for an example with
+// `text_tokens` real tokens (fewest_counts, trimmers' own work included):
+// the untrimmed parts (patch embedding, layers before the first trimmer)
+// set a floor that no cost target below it can pass.
+double lowest_flops_ratio(const MeterConfig& c, int text_tokens, Task task);
+
 }  // namespace st

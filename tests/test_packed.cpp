@@ -135,6 +135,29 @@ TEST_CASE("packed: with its trimmers off a trimmed model runs at full capacity, 
   for (int e = 0; e < 3; e++) CHECK(got.flops[size_t(e)] == st::full_flops(c, lengths[e], st::Task::SNLI));
 }
 
+TEST_CASE("packed: trimmers that keep nothing they may drop execute the cost model's lowest ratio") {
+  // theta = +huge: every token trimmer keeps only the first token and every
+  // head trimmer its one best head, which is what fewest_counts assumes.
+  st::MeterConfig c = st::load_meter_config("configs/meter-tiny-smarttrim.json");
+  c.trim.text_token_layers = {1};
+  st::Meter model(c, 17);
+  const std::vector<int> lengths = {9, 4, 7, 2};
+  st::testing::MeterBatch b = st::testing::make_meter_batch(c, lengths, 9, 4);
+  st::NoGrad no_grad;
+  st::PackedMeter::Options fewest;
+  fewest.token_threshold = fewest.head_threshold = 1e30f;
+  for (st::Task task : {st::Task::VQA, st::Task::NLVR2}) {
+    const bool nlvr2 = task == st::Task::NLVR2;
+    st::PackedOutput got = st::PackedMeter(model).run(task, b.ids, b.mask, b.image, nlvr2 ? b.image2 : Tensor(), fewest);
+    for (size_t e = 0; e < lengths.size(); e++) {
+      check_same_counts(got.counts[e], st::fewest_counts(c, lengths[e]));
+      const double ratio = got.flops[e] / st::full_flops(c, lengths[e], task);
+      CHECK(ratio == doctest::Approx(st::lowest_flops_ratio(c, lengths[e], task)).epsilon(1e-12));
+      CHECK(ratio < 0.5);  // meter-tiny's trimmers sit early enough to cut most of the work
+    }
+  }
+}
+
 TEST_CASE("packed: the fixed-ratio top-k baseline keeps ceil(ratio * n) tokens of every example and every head") {
   st::MeterConfig c = st::load_meter_config("configs/meter-tiny-smarttrim.json");
   st::Meter model(c, 13);
