@@ -6,6 +6,7 @@
 //   checkpoint.st    weights + AdamW moments + step + Rng + options (--resume)
 //   answers.json     the VQA answer list, in the head's class order
 //   log.jsonl        one JSON object per step (after a first "start" line)
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -188,6 +189,15 @@ int train_command(int argc, char** argv) {
   lo.seed = seed + uint64_t(trainer->step_count());  // a resumed run continues with a fresh order
   lo.drop_last = true;
   check_fits(config, *tokenizer, lo.max_text_len, train.task, &answers);
+  if (config.trim.enabled) {
+    // A target under every example's floor is a placement problem, not a training one.
+    double floor = 1;
+    for (int n = 2; n <= lo.max_text_len; n++) floor = std::min(floor, lowest_flops_ratio(config, n, train.task));
+    if (trainer->options().curriculum.goal < floor)
+      std::printf("train: warning: target %.3f is below %.3f, the lowest FLOPs ratio this model's trimmers can reach "
+                  "(the layers before the first trimmer are never trimmed); place trimmers earlier to go lower\n",
+                  double(trainer->options().curriculum.goal), floor);
+  }
 
   cli::make_directories(out);
   if (train.task == Task::VQA) answers.save((fs::path(out) / "answers.json").string());

@@ -76,6 +76,18 @@ TEST_CASE("cli pipeline: data, train from scratch, SmartTrim from its weights") 
   INFO(p.trained_trim.output);
   REQUIRE(p.trained_trim.status == 0);
   CHECK(p.trained_trim.output.find("trimmer tensors start fresh") != std::string::npos);
+  CHECK(p.trained_trim.output.find("warning") == std::string::npos);
+}
+
+TEST_CASE("cli pipeline: a target below the trimmers' lowest FLOPs ratio is warned about") {
+  Pipeline& p = pipeline();
+  REQUIRE(p.trained_full.status == 0);
+  // the patch embedding and the text encoder are never trimmed: well over 10% of the demo model's work
+  CommandResult low = smarttrim("train --config configs/demo-fashion-smarttrim.json --init " + p.full + "/model.st" +
+                                p.common + " --out " + (p.dir / "low") + " --steps 1 --batch 8 --target 0.1");
+  INFO(low.output);
+  CHECK(low.status == 0);
+  CHECK(low.output.find("warning: target 0.100 is below 0.") != std::string::npos);
 }
 
 TEST_CASE("cli pipeline: eval writes the promised JSON keys; per-example costs add up") {
