@@ -104,6 +104,7 @@ nlohmann::ordered_json step_json(const StepLog& l, double seconds) {
   j["flops_ratio_std"] = l.ratio_std;
   j["lr_scale"] = l.lr_scale;
   j["grad_norm"] = l.grad_norm;
+  if (l.trimmer_grad_norm > 0) j["trimmer_grad_norm"] = l.trimmer_grad_norm;
   j["vit_tokens"] = l.vit_tokens;
   j["text_tokens"] = l.text_tokens;
   j["cross_text_tokens"] = l.cross_text_tokens;

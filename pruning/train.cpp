@@ -108,7 +108,7 @@ std::string StepLog::line() const {
 
 std::vector<ParamGroup> smarttrim_param_groups(const Meter& model, const TrainOptions& o) {
   std::vector<std::pair<std::string, Tensor>> backbone;
-  ParamGroup trimmers{"trimmers", {}, o.lr * o.trimmer_lr_multiplier, o.trimmer_weight_decay};
+  ParamGroup trimmers{kTrimmerGroup, {}, o.lr * o.trimmer_lr_multiplier, o.trimmer_weight_decay};
   for (const auto& [name, t] : model.params().list) {
     if (is_trimmer_parameter(name)) trimmers.params.push_back(*t);
     else backbone.emplace_back(name, *t);
@@ -139,7 +139,7 @@ double SmartTrimTrainer::target() const { return options_.curriculum.target(step
 
 void SmartTrimTrainer::apply_group_rates() {
   for (ParamGroup& g : optimizer_.groups()) {
-    const bool trimmers = g.name == "trimmers";
+    const bool trimmers = g.name == kTrimmerGroup;
     g.lr = trimmers ? options_.lr * options_.trimmer_lr_multiplier : options_.lr;
     g.weight_decay = trimmers ? options_.trimmer_weight_decay : g.name == "decay" ? options_.weight_decay : 0.0f;
   }
@@ -239,10 +239,18 @@ void SmartTrimTrainer::plain_step(const TrainBatch& batch, const Tensor& logits,
 
 void SmartTrimTrainer::update(const Tensor& loss, StepLog& log) {
   loss.backward();
-  std::vector<Tensor> params;
-  for (const ParamGroup& g : optimizer_.groups()) params.insert(params.end(), g.params.begin(), g.params.end());
-  log.grad_norm = options_.clip_norm > 0 ? clip_grad_norm(params, options_.clip_norm)
-                                         : clip_grad_norm(params, std::numeric_limits<float>::infinity());
+  // The trimmers and the backbone are clipped apart: the straight-through
+  // gradient of a mask can be orders of magnitude above the task gradient
+  // (a dropped key that would dominate its row's softmax), and one global
+  // norm would then scale the backbone's update down to nothing.
+  std::vector<Tensor> backbone, trimmers;
+  for (const ParamGroup& g : optimizer_.groups()) {
+    std::vector<Tensor>& to = g.name == kTrimmerGroup ? trimmers : backbone;
+    to.insert(to.end(), g.params.begin(), g.params.end());
+  }
+  const float limit = options_.clip_norm > 0 ? options_.clip_norm : std::numeric_limits<float>::infinity();
+  log.grad_norm = clip_grad_norm(backbone, limit);
+  log.trimmer_grad_norm = trimmers.empty() ? 0.0f : clip_grad_norm(trimmers, limit);
   optimizer_.step(log.lr_scale);
   optimizer_.zero_grad();
   step_++;

@@ -69,7 +69,8 @@ struct StepLog {
   float teacher_loss = 0;                // L_task(z_T); 0 without a teacher pass
   float distill_loss = 0;                // L_SD; 0 when switched off
   float cost_loss = 0;                   // L_cost
-  float grad_norm = 0;                   // before clipping
+  float grad_norm = 0;                   // the backbone's, before clipping
+  float trimmer_grad_norm = 0;           // the trimmers' (clipped apart), before clipping
   double target = 1;                     // rho_target(t)
   double ratio_mean = 0, ratio_std = 0;  // of rho_b over the batch (std: population, over B)
   // Kept tokens and heads, mean over the batch (NLVR2: over both passes), per layer.
@@ -89,6 +90,7 @@ struct StepLog {
 // The parameter groups of SmartTrim's recipe: "decay", "no_decay" (the
 // backbone through decay_groups) and "trimmers" (every "smarttrim." name),
 // each parameter in exactly one. Empty groups are left out.
+inline constexpr const char* kTrimmerGroup = "trimmers";
 std::vector<ParamGroup> smarttrim_param_groups(const Meter& model, const TrainOptions& options);
 
 class SmartTrimTrainer {

@@ -191,6 +191,29 @@ Vec ref_masked_softmax(const Vec& a, const Vec& M, size_t B, size_t R, size_t Nk
   return y;
 }
 
+// The function whose derivative masked_softmax's backward returns: the same
+// forward, but a dropped key's mask (M_j = 0) enters row i as
+// M_j S_i / (S_i + e_ij), with S_i the kept keys' sum. Its derivative at
+// M_j = 0 is the bounded "as if added back" weight e_ij / (S_i + e_ij)
+// that engine/ops/softmax.cpp documents; kept keys get the exact derivative.
+Vec smooth_masked_softmax(const Vec& a, const Vec& M, size_t B, size_t R, size_t Nk) {
+  Vec y(a.size());
+  for (size_t b = 0; b < B; b++)
+    for (size_t r = 0; r < R; r++) {
+      const double* s = &a[(b * R + r) * Nk];
+      const double* m = &M[b * Nk];
+      double kept_sum = 0;  // of the unperturbed mask: finite differences move M by 1e-6
+      for (size_t j = 0; j < Nk; j++) kept_sum += std::round(m[j]) * std::exp(s[j]);
+      Vec effective(Nk);
+      for (size_t j = 0; j < Nk; j++)
+        effective[j] = std::round(m[j]) != 0 ? m[j] : m[j] * kept_sum / (kept_sum + std::exp(s[j]));
+      double S = 0;
+      for (size_t j = 0; j < Nk; j++) S += effective[j] * std::exp(s[j]);
+      for (size_t j = 0; j < Nk; j++) y[(b * R + r) * Nk + j] = effective[j] * std::exp(s[j]) / S;
+    }
+  return y;
+}
+
 Vec ref_layernorm(const Vec& x, const Vec& w, const Vec& b, size_t n, double eps) {
   return rows(x, n, [&](const double* a, double* y) {
     double m = 0, v = 0;
@@ -356,10 +379,12 @@ std::vector<OpCase> op_cases() {
             [](auto& x) { return map1(ref_softmax(x[0], 11), [](double v) { return std::log(v); }); }});
   add_case({"masked_softmax (B,H,Nq,Nk)", {{{2, 3, 5, 9}}, {{2, 9}, Kind::Mask}},
             [](auto& x) { return masked_softmax(x[0], x[1]); },
-            [](auto& x) { return ref_masked_softmax(x[0], x[1], 2, 15, 9); }});
+            [](auto& x) { return ref_masked_softmax(x[0], x[1], 2, 15, 9); },
+            [](auto& x) { return smooth_masked_softmax(x[0], x[1], 2, 15, 9); }});
   add_case({"masked_softmax (B,Nq,Nk)", {{{3, 4, 7}}, {{3, 7}, Kind::Mask}},
             [](auto& x) { return masked_softmax(x[0], x[1]); },
-            [](auto& x) { return ref_masked_softmax(x[0], x[1], 3, 4, 7); }});
+            [](auto& x) { return ref_masked_softmax(x[0], x[1], 3, 4, 7); },
+            [](auto& x) { return smooth_masked_softmax(x[0], x[1], 3, 4, 7); }});
   add_case({"layernorm", {{{3, 5, 13}}, {{13}}, {{13}}},
             [](auto& x) { return layernorm(x[0], x[1], x[2], 1e-5f); },
             [](auto& x) { return ref_layernorm(x[0], x[1], x[2], 13, 1e-5); }});

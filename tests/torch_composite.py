@@ -65,9 +65,17 @@ def make_inputs():
 
 def masked_softmax(a, mask):
     # A_ij = M_j exp(a_ij - m_i) / sum_k M_k exp(a_ik - m_i); mask (B, Nk) over (B, H, Nq, Nk).
+    # The gradient a dropped key (M_j = 0) gets is the one it would have if it were
+    # added back: its mask enters row i as M_j S_i / (S_i + e_ij), the factor held
+    # constant (S_i: the kept keys' sum). Same forward; see engine/ops/softmax.cpp.
     m = a.amax(dim=-1, keepdim=True).detach()
-    e = torch.exp(a - m) * mask[:, None, None, :]
-    return e / e.sum(dim=-1, keepdim=True)
+    e = torch.exp(a - m)
+    M = mask[:, None, None, :]
+    S = (e * M).sum(dim=-1, keepdim=True)
+    dropped = (M == 0).to(a.dtype)
+    effective = M * (1 - dropped + dropped * (S / (S + e)).detach())
+    w = e * effective
+    return w / w.sum(dim=-1, keepdim=True)
 
 
 def forward(p, x, mask, targets):

@@ -94,11 +94,17 @@ void masked_softmax_forward(float* out, const float* scores, const float* mask, 
   }
 }
 
-// With dot_i = sum_l g_il A_il:
+// With dot_i = sum_l g_il A_il and e_ij = exp(a_ij - m_i):
 //   da_ij += A_ij (g_ij - dot_i)
-//   dM_j  += sum_i exp(a_ij - m_i) / S_i * (g_ij - dot_i)
+//   dM_j  += sum_i w_ij (g_ij - dot_i),  w_ij = e_ij / S_i          (M_j != 0: the exact derivative)
+//                                        w_ij = e_ij / (S_i + e_ij) (M_j == 0)
 // The mask term runs over every key, kept or not: it is how the task loss
-// tells a dropped token that it would have been useful.
+// tells a dropped token that it would have been useful. At M_j = 0 the exact
+// derivative e_ij / S_i grows as the exponential of how far key j's score is
+// above the kept keys' (1e12 and more in training), and one such key would
+// swamp every other gradient. A dropped key is scored instead by the weight
+// it would have if it were added back, e_ij / (S_i + e_ij): never above 1,
+// like a kept key's, and the same sign.
 void masked_softmax_backward(float* dscores, float* dmask, const float* dout, const float* out,
                              const float* scores, const float* mask, int B, int64_t R, int Nk) {
   // One thread per example: all R rows of example b add into the same dM[b].
@@ -117,9 +123,10 @@ void masked_softmax_backward(float* dscores, float* dmask, const float* dout, co
         float m, S;
         masked_row_stats(scores + row * Nk, M, Nk, m, S);
         if (S == 0.0f) continue;
-        float inv = 1.0f / S;
-        for (int j = 0; j < Nk; j++)
-          dmask[int64_t(b) * Nk + j] += std::exp(scores[row * Nk + j] - m) * inv * (g[j] - dot);
+        for (int j = 0; j < Nk; j++) {
+          const float e = std::exp(scores[row * Nk + j] - m);
+          dmask[int64_t(b) * Nk + j] += e / (M[j] != 0.0f ? S : S + e) * (g[j] - dot);
+        }
       }
     }
   }
