@@ -10,6 +10,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <omp.h>
+#include <optional>
 
 #include "apps/cli.h"
 #include "apps/commands.h"
@@ -109,6 +110,39 @@ Inputs load_inputs(const cli::Args& args) {
   return in;
 }
 
+// The threshold theta (tokens and heads alike) at which the model's mean
+// FLOPs ratio over `batches` is `target`, by bisection: training with noisy
+// masks lands near its target but not on it, and the noise-free ratio at
+// theta 0 can sit several hundredths away. More theta never keeps more, so
+// the ratio falls as theta rises (up to the trimmers' floor).
+struct Calibration {
+  float theta = 0;
+  double ratio = 0;
+};
+Calibration calibrate_theta(const PackedMeter& packed, Task task, const std::vector<TrainBatch>& batches,
+                            PackedMeter::Options o, double target) {
+  const MeterConfig& config = packed.model().config();
+  auto ratio_at = [&](float theta) {
+    o.token_threshold = o.head_threshold = theta;
+    std::vector<double> ratios;
+    for (const TrainBatch& b : batches) {
+      const PackedOutput out = run(packed, task, b, o);
+      for (size_t r = 0; r < out.flops.size(); r++)
+        ratios.push_back(out.flops[r] / full_flops(config, int(text_tokens(b, int64_t(r))), task));
+    }
+    return mean(ratios);
+  };
+  Calibration lo{-16, ratio_at(-16)}, hi{16, ratio_at(16)};  // lo keeps the most
+  if (target >= lo.ratio) return lo;
+  if (target <= hi.ratio) return hi;
+  for (int i = 0; i < 24; i++) {  // theta to within 32 / 2^24
+    const Calibration mid{0.5f * (lo.theta + hi.theta), 0};
+    const double r = ratio_at(mid.theta);
+    (r > target ? lo : hi) = Calibration{mid.theta, r};
+  }
+  return std::fabs(lo.ratio - target) < std::fabs(hi.ratio - target) ? lo : hi;
+}
+
 }  // namespace
 
 int eval_command(int argc, char** argv) {
@@ -120,6 +154,10 @@ int eval_command(int argc, char** argv) {
   add_data_options(args, "val");
   add_inference_options(args);
   args.option("limit", "N", "evaluate the first N examples only");
+  args.option("target-ratio", "R", "choose --theta (tokens and heads) so that the mean FLOPs ratio on the first\n"
+                                   "examples of --calibration-split is R, then evaluate with it");
+  args.option("calibration-split", "NAME", "the split of --data that --target-ratio calibrates on", "val");
+  args.option("calibration-examples", "N", "how many of its examples", "1000");
   args.option("latency-examples", "N", "examples timed one by one for the batch-1 latency", "32");
   args.option("json", "FILE", "write the results (and per-example costs) as JSON");
   args.option("label", "TEXT", "a name for this run in the JSON (plots use it)");
@@ -140,6 +178,33 @@ int eval_command(int argc, char** argv) {
   PackedMeter::Options po = inference_options(args);
   if (!config.trim.enabled) po.trimmers = false;
 
+  const PackedMeter packed(model);
+  std::optional<Calibration> calibration;
+  if (args.has("target-ratio")) {
+    const double target = args.number("target-ratio");
+    if (!(target > 0 && target <= 1)) args.fail("--target-ratio must be in (0, 1]");
+    if (!po.trimmers || po.keep_ratio > 0) args.fail("--target-ratio needs a model with trimmers, without --full or --keep-ratio");
+    if (args.given("theta") || args.given("head-theta")) args.fail("--target-ratio chooses the thresholds: drop --theta/--head-theta");
+    if (!args.has("data")) args.fail("--target-ratio needs --data DIR, whose --calibration-split it calibrates on");
+    const std::string split = args.text("calibration-split");
+    if (split == args.text("split")) args.fail("--calibration-split must differ from --split (calibrate on held-out data)");
+    const int64_t n = args.integer("calibration-examples");
+    if (n < 1) args.fail("--calibration-examples must be at least 1");
+    const TaskData cal = load_task_data(args, split);
+    data::ExampleSource cal_source = cal.source(answers);
+    cal_source.size = std::min(cal_source.size, n);
+    data::Loader cal_loader(cal_source, *in.tokenizer, lo);
+    std::vector<TrainBatch> batches;
+    while (std::optional<data::LoadedBatch> lb = cal_loader.next()) batches.push_back(lb->batch);
+    if (batches.empty()) throw FormatError(cal.where + ": no example could be read for the calibration");
+    calibration = calibrate_theta(packed, set.task, batches, po, target);
+    po.token_threshold = po.head_threshold = calibration->theta;
+    std::printf("calibrated on %s (%lld examples): theta %.4f gives FLOPs ratio %.3f (target %.3f)\n", cal.where.c_str(),
+                (long long)cal_source.size, double(calibration->theta), calibration->ratio, target);
+    if (std::fabs(calibration->ratio - target) > 0.01)
+      std::printf("warning: the target is out of this model's reach; the nearest ratio is %.3f\n", calibration->ratio);
+  }
+
   data::ExampleSource source = set.source(answers);
   if (args.has("limit")) {
     const int64_t limit = args.integer("limit");
@@ -147,7 +212,6 @@ int eval_command(int argc, char** argv) {
     source.size = std::min(source.size, limit);
   }
   data::Loader loader(source, *in.tokenizer, lo);
-  const PackedMeter packed(model);
 
   std::vector<double> gflops, ratio, scores;
   std::map<std::string, std::pair<double, int64_t>> by_category;  // sum of scores, count
@@ -210,6 +274,11 @@ int eval_command(int argc, char** argv) {
   j["token_threshold"] = po.token_threshold;
   j["head_threshold"] = po.head_threshold;
   j["keep_ratio"] = po.keep_ratio;
+  if (calibration) {
+    j["target_ratio"] = args.number("target-ratio");
+    j["calibration_split"] = args.text("calibration-split");
+    j["calibration_ratio"] = calibration->ratio;
+  }
   nlohmann::ordered_json per_type = nlohmann::ordered_json::object();
   for (const auto& [name, sum_count] : by_category)
     if (!name.empty()) per_type[name] = sum_count.first / double(sum_count.second);

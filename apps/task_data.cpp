@@ -59,11 +59,13 @@ void add_data_options(cli::Args& args, const std::string& default_split) {
       "`smarttrim data fashion --out DIR` writes DIR/vqa and DIR/nlvr2 in these layouts.");
 }
 
-TaskData load_task_data(const cli::Args& args) {
+TaskData load_task_data(const cli::Args& args) { return load_task_data(args, args.text("split")); }
+
+TaskData load_task_data(const cli::Args& args, const std::string& split) {
   TaskData d;
   d.task = parse_task(args.text("task"), args);
   const bool from_dir = args.has("data");
-  const std::string dir = args.text_or("data", ""), split = args.text("split");
+  const std::string dir = args.text_or("data", "");
   auto in_dir = [&](const std::string& name) { return (fs::path(dir) / name).string(); };
   auto need = [&](const char* option) {
     if (!args.has(option)) args.fail(std::string("give --data DIR, or --") + option);

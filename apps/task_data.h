@@ -47,6 +47,8 @@ struct TaskData {
   std::string category(int64_t i) const;      // VQA's question_type; "" otherwise
 };
 TaskData load_task_data(const cli::Args& args);
+// Another split of --data DIR (the same task); needs --data.
+TaskData load_task_data(const cli::Args& args, const std::string& split);
 
 // The model: --model FILE (weights with their config) and --answers FILE.
 void add_model_options(cli::Args& args);

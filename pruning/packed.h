@@ -50,6 +50,7 @@ struct PackedOutput {
 class PackedMeter {
  public:
   explicit PackedMeter(const Meter& model) : m_(model) {}
+  const Meter& model() const { return m_; }
 
   struct Options {
     float token_threshold = 0;  // theta: keep a token iff its logit > theta

@@ -124,6 +124,31 @@ TEST_CASE("cli pipeline: eval writes the promised JSON keys; per-example costs a
   CHECK(read_json(json)["flops_ratio_mean"].get<double>() < 0.8);
 }
 
+TEST_CASE("cli pipeline: eval --target-ratio chooses theta on the val split so the ratio meets the target") {
+  Pipeline& p = pipeline();
+  REQUIRE(p.trained_trim.status == 0);
+  const std::string json = p.dir / "calibrated.json";
+  // the trimmers trained 3 steps and keep nearly everything at theta 0; the target needs a higher theta
+  CommandResult r = smarttrim("eval --model " + p.trimmed + "/model.st" + p.common + " --split test --json " + json +
+                              " --latency-examples 1 --target-ratio 0.6");
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  const nlohmann::json j = read_json(json);
+  CHECK(j["calibration_split"] == "val");
+  CHECK(j["target_ratio"].get<double>() == doctest::Approx(0.6));
+  // 12 val scenes, 48 questions: the mean moves in small steps, so the target is met closely
+  CHECK(j["calibration_ratio"].get<double>() == doctest::Approx(0.6).epsilon(0.03));
+  CHECK(j["token_threshold"].get<double>() > 0);
+  CHECK(j["token_threshold"] == j["head_threshold"]);
+  CHECK(j["flops_ratio_mean"].get<double>() == doctest::Approx(0.6).epsilon(0.15));  // held-out scenes: close, not equal
+  for (const char* bad : {" --target-ratio 0.6 --theta 1", " --target-ratio 1.5", " --target-ratio 0.6 --full",
+                          " --target-ratio 0.6 --calibration-split test"}) {
+    CommandResult b = smarttrim("eval --model " + p.trimmed + "/model.st" + p.common + " --split test" + bad);
+    INFO(bad << ": " << b.output);
+    CHECK(b.status == 2);
+  }
+}
+
 TEST_CASE("cli pipeline: infer, viz and bench") {
   Pipeline& p = pipeline();
   REQUIRE(p.trained_trim.status == 0);
