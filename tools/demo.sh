@@ -65,6 +65,10 @@ evaluate() {  # json-name, model, extra options...
 evaluate full "$out/full/model.st" --label "full capacity"
 evaluate trim0.5 "$out/trim0.5/model.st" --label "SmartTrim 0.5"
 evaluate trim0.33 "$out/trim0.33/model.st" --label "SmartTrim 0.33"
+# Training with noisy masks lands near its target, not on it: the same models
+# with theta chosen on the val split so that the mean FLOPs ratio is the target.
+evaluate trim0.5-calibrated "$out/trim0.5/model.st" --target-ratio 0.5 --label "SmartTrim 0.5, theta set on val"
+evaluate trim0.33-calibrated "$out/trim0.33/model.st" --target-ratio 0.33 --label "SmartTrim 0.33, theta set on val"
 evaluate trim0.5-unguided "$out/trim0.5-unguided/model.st" --label "SmartTrim 0.5, no cross-modal guidance"
 for theta in -2 -1 1 2; do  # the 0.5 model at other thresholds (theta 0 is its own point)
   evaluate "theta$theta" "$out/trim0.5/model.st" --theta $theta --method theta_sweep --label "theta $theta" \
@@ -75,9 +79,12 @@ for ratio in 0.3 0.5 0.7; do  # every example keeps the same share of tokens
 done
 
 echo "== 5. speed: trimmed against full capacity, side by side ($(elapsed) s)"
+# at the thresholds chosen on val, where each model meets its target
 for target in 0.5 0.33; do
+  theta=$(/usr/bin/python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["token_threshold"])' \
+    "$evals/trim$target-calibrated.json")
   run $bin bench --model "$out/trim$target/model.st" --data "$data/vqa" --split test "${common[@]}" \
-    --json "$evals/bench$target.json"
+    --theta "$theta" --head-theta "$theta" --json "$evals/bench$target.json"
 done
 
 echo "== 6. figures ($(elapsed) s)"
@@ -96,7 +103,8 @@ run $bin viz --model "$out/trim0.5-unguided/model.st" "${common[@]}" --image "$i
 run /usr/bin/python3 viz/plots.py histogram --out "$figures/flops_histogram.png" \
   "$evals/full.json" "$evals/trim0.5.json" "$evals/trim0.33.json"
 run /usr/bin/python3 viz/plots.py tradeoff --out "$figures/accuracy_vs_flops.png" "$evals"/full.json \
-  "$evals"/trim0.5.json "$evals"/trim0.33.json "$evals"/theta*.json "$evals"/topk*.json
+  "$evals"/trim0.5.json "$evals"/trim0.33.json "$evals"/trim0.5-calibrated.json "$evals"/trim0.33-calibrated.json \
+  "$evals"/theta*.json "$evals"/topk*.json
 
 echo "== 7. report ($(elapsed) s)"
 run /usr/bin/python3 tools/demo_report.py report "$out" "$(elapsed)"
