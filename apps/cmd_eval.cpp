@@ -110,20 +110,22 @@ Inputs load_inputs(const cli::Args& args) {
   return in;
 }
 
-// The threshold theta (tokens and heads alike) at which the model's mean
-// FLOPs ratio over `batches` is `target`, by bisection: training with noisy
-// masks lands near its target but not on it, and the noise-free ratio at
-// theta 0 can sit several hundredths away. More theta never keeps more, so
-// the ratio falls as theta rises (up to the trimmers' floor).
+// The threshold theta (for tokens, and for heads too when `heads` is set) at
+// which the model's mean FLOPs ratio over `batches` is `target`, by
+// bisection: training with noisy masks lands near its target but not on it,
+// and the noise-free ratio at theta 0 can sit several hundredths away. More
+// theta never keeps more, so the ratio falls as theta rises (down to the
+// trimmers' floor).
 struct Calibration {
   float theta = 0;
   double ratio = 0;
 };
 Calibration calibrate_theta(const PackedMeter& packed, Task task, const std::vector<TrainBatch>& batches,
-                            PackedMeter::Options o, double target) {
+                            PackedMeter::Options o, double target, bool heads) {
   const MeterConfig& config = packed.model().config();
   auto ratio_at = [&](float theta) {
-    o.token_threshold = o.head_threshold = theta;
+    o.token_threshold = theta;
+    if (heads) o.head_threshold = theta;
     std::vector<double> ratios;
     for (const TrainBatch& b : batches) {
       const PackedOutput out = run(packed, task, b, o);
@@ -154,8 +156,8 @@ int eval_command(int argc, char** argv) {
   add_data_options(args, "val");
   add_inference_options(args);
   args.option("limit", "N", "evaluate the first N examples only");
-  args.option("target-ratio", "R", "choose --theta (tokens and heads) so that the mean FLOPs ratio on the first\n"
-                                   "examples of --calibration-split is R, then evaluate with it");
+  args.option("target-ratio", "R", "choose --theta (and --head-theta, unless given) so that the mean FLOPs ratio\n"
+                                   "on the first examples of --calibration-split is R, then evaluate with them");
   args.option("calibration-split", "NAME", "the split of --data that --target-ratio calibrates on", "val");
   args.option("calibration-examples", "N", "how many of its examples", "1000");
   args.option("latency-examples", "N", "examples timed one by one for the batch-1 latency", "32");
@@ -184,7 +186,7 @@ int eval_command(int argc, char** argv) {
     const double target = args.number("target-ratio");
     if (!(target > 0 && target <= 1)) args.fail("--target-ratio must be in (0, 1]");
     if (!po.trimmers || po.keep_ratio > 0) args.fail("--target-ratio needs a model with trimmers, without --full or --keep-ratio");
-    if (args.given("theta") || args.given("head-theta")) args.fail("--target-ratio chooses the thresholds: drop --theta/--head-theta");
+    if (args.given("theta")) args.fail("--target-ratio chooses the token threshold: drop --theta");
     if (!args.has("data")) args.fail("--target-ratio needs --data DIR, whose --calibration-split it calibrates on");
     const std::string split = args.text("calibration-split");
     if (split == args.text("split")) args.fail("--calibration-split must differ from --split (calibrate on held-out data)");
@@ -197,10 +199,13 @@ int eval_command(int argc, char** argv) {
     std::vector<TrainBatch> batches;
     while (std::optional<data::LoadedBatch> lb = cal_loader.next()) batches.push_back(lb->batch);
     if (batches.empty()) throw FormatError(cal.where + ": no example could be read for the calibration");
-    calibration = calibrate_theta(packed, set.task, batches, po, target);
-    po.token_threshold = po.head_threshold = calibration->theta;
-    std::printf("calibrated on %s (%lld examples): theta %.4f gives FLOPs ratio %.3f (target %.3f)\n", cal.where.c_str(),
-                (long long)cal_source.size, double(calibration->theta), calibration->ratio, target);
+    const bool heads = !args.given("head-theta");
+    calibration = calibrate_theta(packed, set.task, batches, po, target, heads);
+    po.token_threshold = calibration->theta;
+    if (heads) po.head_threshold = calibration->theta;
+    std::printf("calibrated on %s (%lld examples): theta %.4f (head theta %.4f) gives FLOPs ratio %.3f (target %.3f)\n",
+                cal.where.c_str(), (long long)cal_source.size, double(po.token_threshold), double(po.head_threshold),
+                calibration->ratio, target);
     if (std::fabs(calibration->ratio - target) > 0.01)
       std::printf("warning: the target is out of this model's reach; the nearest ratio is %.3f\n", calibration->ratio);
   }

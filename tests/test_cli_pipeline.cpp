@@ -141,6 +141,13 @@ TEST_CASE("cli pipeline: eval --target-ratio chooses theta on the val split so t
   CHECK(j["token_threshold"].get<double>() > 0);
   CHECK(j["token_threshold"] == j["head_threshold"]);
   CHECK(j["flops_ratio_mean"].get<double>() == doctest::Approx(0.6).epsilon(0.15));  // held-out scenes: close, not equal
+  // a given head threshold stays; the token threshold alone meets the target
+  CommandResult h = smarttrim("eval --model " + p.trimmed + "/model.st" + p.common + " --split test --json " + json +
+                              " --latency-examples 1 --target-ratio 0.6 --head-theta -1.5");
+  INFO(h.output);
+  REQUIRE(h.status == 0);
+  CHECK(read_json(json)["head_threshold"].get<double>() == doctest::Approx(-1.5));
+  CHECK(read_json(json)["calibration_ratio"].get<double>() == doctest::Approx(0.6).epsilon(0.03));
   for (const char* bad : {" --target-ratio 0.6 --theta 1", " --target-ratio 1.5", " --target-ratio 0.6 --full",
                           " --target-ratio 0.6 --calibration-split test"}) {
     CommandResult b = smarttrim("eval --model " + p.trimmed + "/model.st" + p.common + " --split test" + bad);
