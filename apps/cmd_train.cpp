@@ -81,6 +81,8 @@ TrainOptions options_of(const cli::Args& args, Task task, bool trimmers) {
   if (trimmers) o.curriculum.goal = args.number("target");
   o.curriculum.fraction = args.number("curriculum-fraction");
   o.curriculum.enabled = !args.flag_set("no-curriculum");
+  o.noise_free_fraction = float(args.number("noise-free-fraction"));
+  if (!(o.noise_free_fraction >= 0 && o.noise_free_fraction <= 1)) args.fail("--noise-free-fraction must be in [0, 1]");
   o.objective.lambda_cost = float(args.number("lambda-cost"));
   o.objective.lambda_sd = float(args.number("lambda-sd"));
   o.objective.alpha = float(args.number("alpha"));
@@ -141,6 +143,7 @@ int train_command(int argc, char** argv) {
   args.option("target", "RHO", "SmartTrim: the FLOPs ratio to reach (0.5 = 2x fewer FLOPs)");
   args.option("curriculum-fraction", "P", "SmartTrim: the target falls from 1 over this fraction of the steps", "0.5");
   args.flag("no-curriculum", "SmartTrim: hold the target from the first step");
+  args.option("noise-free-fraction", "F", "SmartTrim: the last F of the steps draw no mask noise (the inference rule)", "0");
   args.option("lambda-cost", "X", "SmartTrim: weight of the cost loss", "2");
   args.option("lambda-sd", "X", "SmartTrim: weight of self-distillation", "1");
   args.option("alpha", "X", "SmartTrim: weight of the teacher's own task loss", "1");

@@ -160,7 +160,8 @@ StepLog SmartTrimTrainer::step(const TrainBatch& batch) {
   const Context ctx = options_.dropout ? Context{true, &rng_} : Context{false, nullptr};
   TrimOptions student_trim;
   student_trim.active = true;
-  student_trim.noise = &rng_;
+  const bool noise_free = double(step_) >= (1.0 - double(options_.noise_free_fraction)) * double(options_.total_steps);
+  student_trim.noise = options_.noise_free_fraction > 0 && noise_free ? nullptr : &rng_;
   TrimOptions teacher_trim;
   teacher_trim.active = false;
 
@@ -322,6 +323,7 @@ std::string train_options_to_json(const TrainOptions& o) {
   j["curriculum"] = {
       {"goal", o.curriculum.goal}, {"fraction", o.curriculum.fraction}, {"enabled", o.curriculum.enabled}};
   j["dropout"] = o.dropout;
+  j["noise_free_fraction"] = o.noise_free_fraction;
   return j.dump();
 }
 
@@ -356,6 +358,7 @@ TrainOptions train_options_from_json(const std::string& text, const std::string&
     o.curriculum.fraction = cur.at("fraction").get<double>();
     o.curriculum.enabled = cur.at("enabled").get<bool>();
     o.dropout = j.at("dropout").get<bool>();
+    o.noise_free_fraction = j.value("noise_free_fraction", 0.0f);  // absent from older checkpoints
   } catch (const nlohmann::json::exception& e) {
     throw FormatError(where + ": " + e.what());
   }

@@ -58,6 +58,10 @@ struct TrainOptions {
   ObjectiveWeights objective;           // alpha, lambda_SD, lambda_cost, T, the self-distillation switch
   Curriculum curriculum;                // goal rho*, fraction p, the curriculum switch
   bool dropout = true;                  // dropout in both passes (the config's rate)
+  // The last this fraction of the steps draws no Gumbel noise: the masks are
+  // the inference rule (keep iff logit > 0) with their straight-through
+  // gradients, so the model ends trained on the masks it will be run with.
+  float noise_free_fraction = 0.0f;
 };
 
 // What one step did. Losses are the values before the update.

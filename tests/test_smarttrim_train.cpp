@@ -398,6 +398,30 @@ TEST_CASE("smarttrim train: the curriculum switch holds the goal from the first 
   CHECK(off.step_count() == 1);
 }
 
+TEST_CASE("smarttrim train: the noise-free fraction turns the mask noise off for the last steps") {
+  const st::MeterConfig c = tiny_trim();
+  st::TrainOptions o;
+  o.total_steps = 4;
+  o.dropout = false;  // the run's Rng then feeds the mask noise alone
+  o.curriculum = {0.5, 0.5, true};
+  auto losses = [&](float noise_free_fraction, uint64_t run_seed) {
+    o.noise_free_fraction = noise_free_fraction;
+    st::SmartTrimTrainer t(c, o, 1, run_seed);  // the same model, another run seed
+    std::vector<float> out;
+    for (int64_t i = 0; i < o.total_steps; i++) out.push_back(t.step(batch_at(c, st::Task::VQA, 4, 9, i)).task_loss);
+    return out;
+  };
+  // with noise the run seed matters from the first step; without, not at all
+  const std::vector<float> noisy_a = losses(0, 2), noisy_b = losses(0, 3);
+  CHECK(noisy_a[0] != noisy_b[0]);
+  CHECK(losses(1, 2) == losses(1, 3));
+  // half: the first two steps are the noisy run's, the last two are not
+  const std::vector<float> half = losses(0.5f, 2);
+  CHECK(half[0] == noisy_a[0]);
+  CHECK(half[1] == noisy_a[1]);
+  CHECK(half[2] != noisy_a[2]);
+}
+
 TEST_CASE("smarttrim train: options survive their JSON form exactly") {
   st::TrainOptions o;
   o.task = st::Task::NLVR2;
@@ -412,6 +436,7 @@ TEST_CASE("smarttrim train: options survive their JSON form exactly") {
   o.objective = {0.7f, 0.3f, 4.0f, 2.0f, false};
   o.curriculum = {1.0 / 3, 0.4, false};
   o.dropout = false;
+  o.noise_free_fraction = 0.25f;
   const st::TrainOptions r = st::train_options_from_json(st::train_options_to_json(o), "test");
   CHECK(st::train_options_to_json(r) == st::train_options_to_json(o));
   CHECK(r.task == o.task);
@@ -421,6 +446,7 @@ TEST_CASE("smarttrim train: options survive their JSON form exactly") {
   CHECK(r.objective.self_distillation == false);
   CHECK(r.curriculum.goal == o.curriculum.goal);
   CHECK(r.dropout == false);
+  CHECK(r.noise_free_fraction == 0.25f);
   CHECK_THROWS_AS(st::train_options_from_json("{\"task\": \"vqa\"}", "test"), st::FormatError);
   CHECK_THROWS_AS(st::train_options_from_json("not json", "test"), st::FormatError);
 }
