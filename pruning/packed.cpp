@@ -43,13 +43,6 @@ Tensor segment_mean(const Tensor& x, const Segments& s) {
   return out;
 }
 
-// (B, d) -> (R, d): every row gets its example's vector.
-Tensor spread_to_rows(const Tensor& per_example, const Segments& s) {
-  std::vector<int32_t> owner;
-  for (int64_t b = 0; b < s.examples(); b++) owner.insert(owner.end(), size_t(s.rows(b)), int32_t(b));
-  return gather_rows(per_example, Tensor::from_ints(owner, {int64_t(owner.size())}));
-}
-
 // (R, d) -> (B, d): each example's first row (its class token, always kept).
 Tensor first_rows(const Tensor& x, const Segments& s) {
   std::vector<int32_t> first;
@@ -289,17 +282,21 @@ std::vector<float> trimmer_logits(const TokenTrimmer& tr, const Tensor& x, const
           per_example.data(), int(dt));
   for (double& f : flops) f += 2.0 * double(views - 1) * double(dt * dt);
   // per row: W_1h h_i, plus its example's vector, through GELU, then w_2 . a + b_2
-  Tensor a = spread_to_rows(per_example, s);  // (R, d_t)
+  std::vector<float> a(size_t(s.total() * dt));  // (R, d_t)
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t r = s.at[size_t(b)]; r < s.at[size_t(b + 1)]; r++)
+      std::copy_n(per_example.data() + b * dt, dt, a.data() + r * dt);
   sgemm(false, true, int(s.total()), int(dt), int(dt), 1.0f, h.data(), int(dt), W1, int(views * dt), 1.0f, a.data(),
         int(dt));
-  a = gelu(a);
   std::vector<float> logits(size_t(s.total()));
   const float* w2 = tr.mlp2.weight.data();
   const float b2 = tr.mlp2.bias.data()[0];
-  for (int64_t r = 0; r < s.total(); r++) {
-    float dot = b2;
-    for (int64_t j = 0; j < dt; j++) dot += w2[j] * a.data()[r * dt + j];
-    logits[size_t(r)] = dot;
+  for (int64_t r = 0; r < s.total(); r++) {  // GELU and w_2 in one pass: no (R, d_t) temporary
+    const float* ar = a.data() + r * dt;
+    float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t j = 0; j < dt; j++) dot += w2[j] * cpu::gelu_of(ar[j]);
+    logits[size_t(r)] = b2 + dot;
   }
   for (int64_t b = 0; b < B; b++) flops[size_t(b)] += double(s.rows(b)) * (2.0 * double(dt * dt) + 2.0 * double(dt));
   return logits;
@@ -331,12 +328,21 @@ std::vector<float> keep_tokens(const TokenTrimmer& tr, const Tensor& x, const Se
 }
 
 Tensor keep_heads(const HeadTrimmer& tr, const Tensor& x, const Segments& xs, const Tensor& other,
-                  const Segments& os, float tau, float theta, Flops& flops) {
+                  const Segments& os, float theta, Flops& flops) {
   Tensor q = segment_mean(x, xs);                                          // (B, d)
   if (other.defined()) q = concat({q, segment_mean(other, os)}, -1);      // (B, 2d)
   const Segments each = even_segments(xs.examples());
   Tensor logits = linear_rows(gelu(linear_rows(tr.ln.forward(q), tr.fc1, each, flops)), tr.fc2, each, flops);
-  return head_mask(logits, tau, theta, nullptr);  // (B, H)
+  // keep iff logit > theta, and each example's best head whatever its logit:
+  // head_mask's rule without noise, read straight from the logits
+  const int64_t B = logits.dim(0), H = logits.dim(1);
+  Tensor z = Tensor::empty({B, H});
+  for (int64_t b = 0; b < B; b++) {
+    const float* l = logits.data() + b * H;
+    const int64_t best = std::max_element(l, l + H) - l;
+    for (int64_t h = 0; h < H; h++) z.data()[b * H + h] = h == best || l[h] > theta ? 1.0f : 0.0f;
+  }
+  return z;  // (B, H)
 }
 
 }  // namespace
@@ -431,11 +437,11 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
     // The top-k baseline prunes tokens only.
     if (int s = trimming && opt.keep_ratio == 0 ? TrimConfig::site(tc.cross_head_layers, l) : -1; s >= 0) {
       const auto& h = m_.cross_head_trimmers_[size_t(s)];
-      const float tau = tc.tau, theta = opt.head_threshold;
-      z_ts = keep_heads(h.text_self, t, ts, Tensor(), ts, tau, theta, flops);
-      z_tc = keep_heads(h.text_cross, t, ts, v, vs, tau, theta, flops);
-      z_vs = keep_heads(h.image_self, v, vs, Tensor(), vs, tau, theta, flops);
-      z_vc = keep_heads(h.image_cross, v, vs, t, ts, tau, theta, flops);
+      const float theta = opt.head_threshold;
+      z_ts = keep_heads(h.text_self, t, ts, Tensor(), ts, theta, flops);
+      z_tc = keep_heads(h.text_cross, t, ts, v, vs, theta, flops);
+      z_vs = keep_heads(h.image_self, v, vs, Tensor(), vs, theta, flops);
+      z_vc = keep_heads(h.image_cross, v, vs, t, ts, theta, flops);
     }
     auto heads_kept = [&](std::vector<double> PassCounts<double>::*field, const Tensor& z) {
       for (int64_t b = 0; b < B; b++) {

@@ -108,7 +108,7 @@ static inline float unary(Unary op, float x) {
     case Unary::Log: return std::log(x);
     case Unary::Tanh: return std::tanh(x);
     case Unary::Sigmoid: return sigmoidf(x);
-    case Unary::Gelu: return 0.5f * x * (1.0f + verf(x * kInvSqrt2));
+    case Unary::Gelu: return gelu_of(x);
     case Unary::QuickGelu: return x * sigmoidf(1.702f * x);
     case Unary::Silu: return x * sigmoidf(x);
     case Unary::Relu: return x > 0.0f ? x : 0.0f;
