@@ -46,6 +46,11 @@ Pipeline& pipeline() {
   return p;
 }
 
+// `smarttrim eval` of the trimmed model on the test split, with more options.
+CommandResult eval_trimmed(const Pipeline& p, const std::string& options) {
+  return smarttrim("eval --model " + p.trimmed + "/model.st" + p.common + " --split test " + options);
+}
+
 nlohmann::json read_json(const std::string& path) {
   std::ifstream f(path);
   return nlohmann::json::parse(f);
@@ -94,8 +99,7 @@ TEST_CASE("cli pipeline: eval writes the promised JSON keys; per-example costs a
   Pipeline& p = pipeline();
   REQUIRE(p.trained_trim.status == 0);
   const std::string json = p.dir / "eval.json";
-  CommandResult r = smarttrim("eval --model " + p.trimmed + "/model.st" + p.common + " --split test --json " + json +
-                              " --batch 5 --latency-examples 2");
+  CommandResult r = eval_trimmed(p, "--json " + json + " --batch 5 --latency-examples 2");
   INFO(r.output);
   REQUIRE(r.status == 0);
   const nlohmann::json j = read_json(json);
@@ -112,13 +116,11 @@ TEST_CASE("cli pipeline: eval writes the promised JSON keys; per-example costs a
   CHECK(j["accuracy"].get<double>() <= 1);
 
   // at full capacity the ratio is 1 for every example; the top-k baseline keeps less
-  CommandResult f = smarttrim("eval --model " + p.trimmed + "/model.st" + p.common + " --split test --full --json " +
-                              json + " --latency-examples 1");
+  CommandResult f = eval_trimmed(p, "--full --json " + json + " --latency-examples 1");
   REQUIRE(f.status == 0);
   const nlohmann::json at_full = read_json(json);  // named: a temporary would die before the loop reads it
   for (double ratio : at_full["flops_ratio"]) CHECK(ratio == doctest::Approx(1.0));
-  CommandResult k = smarttrim("eval --model " + p.trimmed + "/model.st" + p.common +
-                              " --split test --keep-ratio 0.3 --json " + json + " --latency-examples 1");
+  CommandResult k = eval_trimmed(p, "--keep-ratio 0.3 --json " + json + " --latency-examples 1");
   REQUIRE(k.status == 0);
   CHECK(read_json(json)["method"] == "topk");
   CHECK(read_json(json)["flops_ratio_mean"].get<double>() < 0.8);
@@ -129,8 +131,7 @@ TEST_CASE("cli pipeline: eval --target-ratio chooses theta on the val split so t
   REQUIRE(p.trained_trim.status == 0);
   const std::string json = p.dir / "calibrated.json";
   // the trimmers trained 3 steps and keep nearly everything at theta 0; the target needs a higher theta
-  CommandResult r = smarttrim("eval --model " + p.trimmed + "/model.st" + p.common + " --split test --json " + json +
-                              " --latency-examples 1 --target-ratio 0.6");
+  CommandResult r = eval_trimmed(p, "--json " + json + " --latency-examples 1 --target-ratio 0.6");
   INFO(r.output);
   REQUIRE(r.status == 0);
   const nlohmann::json j = read_json(json);
@@ -142,15 +143,14 @@ TEST_CASE("cli pipeline: eval --target-ratio chooses theta on the val split so t
   CHECK(j["token_threshold"] == j["head_threshold"]);
   CHECK(j["flops_ratio_mean"].get<double>() == doctest::Approx(0.6).epsilon(0.15));  // held-out scenes: close, not equal
   // a given head threshold stays; the token threshold alone meets the target
-  CommandResult h = smarttrim("eval --model " + p.trimmed + "/model.st" + p.common + " --split test --json " + json +
-                              " --latency-examples 1 --target-ratio 0.6 --head-theta -1.5");
+  CommandResult h = eval_trimmed(p, "--json " + json + " --latency-examples 1 --target-ratio 0.6 --head-theta -1.5");
   INFO(h.output);
   REQUIRE(h.status == 0);
   CHECK(read_json(json)["head_threshold"].get<double>() == doctest::Approx(-1.5));
   CHECK(read_json(json)["calibration_ratio"].get<double>() == doctest::Approx(0.6).epsilon(0.03));
   for (const char* bad : {" --target-ratio 0.6 --theta 1", " --target-ratio 1.5", " --target-ratio 0.6 --full",
                           " --target-ratio 0.6 --calibration-split test"}) {
-    CommandResult b = smarttrim("eval --model " + p.trimmed + "/model.st" + p.common + " --split test" + bad);
+    CommandResult b = eval_trimmed(p, bad);
     INFO(bad << ": " << b.output);
     CHECK(b.status == 2);
   }

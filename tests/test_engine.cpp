@@ -7,23 +7,13 @@
 #include "engine/memory.h"
 #include "engine/ops.h"
 #include "engine/optim.h"
+#include "tests/support.h"
 
 using namespace st;
 
 namespace {
 Tensor leaf(std::vector<float> v, Shape s) { return Tensor::from_vector(v, s).set_requires_grad(true); }
 
-// The message of the exception `f` throws as E; fails if it throws nothing or something else.
-template <class E, class F>
-std::string message_of(F f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  }
-  FAIL("expected an exception");
-  return "";
-}
 }  // namespace
 
 TEST_CASE("autograd: gradients accumulate over backward calls until zero_grad") {
@@ -63,7 +53,7 @@ TEST_CASE("autograd: no-grad scope records nothing; detach cuts the path") {
 
 TEST_CASE("autograd: backward needs a one-value root that depends on a leaf") {
   Tensor x = leaf({1.0f, 2.0f}, {2});
-  CHECK(message_of<ShapeError>([&] { backward(x * 2.0f); }).find("(2)") != std::string::npos);
+  CHECK(st::testing::thrown_message<ShapeError>([&] { backward(x * 2.0f); }).find("(2)") != std::string::npos);
   clear_tape();
   Tensor c = Tensor::from_vector({1.0f}, {1});
   CHECK_THROWS_AS(backward(c), ArgumentError);
@@ -71,17 +61,17 @@ TEST_CASE("autograd: backward needs a one-value root that depends on a leaf") {
 
 TEST_CASE("errors name the op and the shapes") {
   Tensor a = Tensor::zeros({3, 4}), b = Tensor::zeros({5, 6});
-  std::string m = message_of<ShapeError>([&] { matmul(a, b); });
+  std::string m = st::testing::thrown_message<ShapeError>([&] { matmul(a, b); });
   CHECK(m.find("matmul") != std::string::npos);
   CHECK(m.find("(3, 4)") != std::string::npos);
   CHECK(m.find("(5, 6)") != std::string::npos);
-  CHECK(message_of<ShapeError>([&] { add(a, b); }).find("add: shapes (3, 4) and (5, 6)") != std::string::npos);
-  CHECK(message_of<ShapeError>([&] { layernorm(a, Tensor::ones({3}), Tensor::zeros({3})); }).find("layernorm") !=
+  CHECK(st::testing::thrown_message<ShapeError>([&] { add(a, b); }).find("add: shapes (3, 4) and (5, 6)") != std::string::npos);
+  CHECK(st::testing::thrown_message<ShapeError>([&] { layernorm(a, Tensor::ones({3}), Tensor::zeros({3})); }).find("layernorm") !=
         std::string::npos);
   Tensor ids = Tensor::from_ints({0, 7}, {2});
-  CHECK(message_of<ArgumentError>([&] { embedding(ids, Tensor::zeros({5, 2})); }).find("index 7") != std::string::npos);
+  CHECK(st::testing::thrown_message<ArgumentError>([&] { embedding(ids, Tensor::zeros({5, 2})); }).find("index 7") != std::string::npos);
   Tensor t = Tensor::from_ints({3}, {1});
-  CHECK(message_of<ArgumentError>([&] { cross_entropy(Tensor::zeros({1, 3}), t); }).find("target 3") !=
+  CHECK(st::testing::thrown_message<ArgumentError>([&] { cross_entropy(Tensor::zeros({1, 3}), t); }).find("target 3") !=
         std::string::npos);
   Rng rng(1);
   CHECK_THROWS_AS(dropout(a, 1.0f, rng, true), ArgumentError);
