@@ -28,4 +28,8 @@ struct HeadTrimmer {
 // Hard head mask (B, H) from logits: hard(logits - theta), the arg-max head forced to 1.
 Tensor head_mask(const Tensor& logits, float tau, float theta, Rng* noise);
 
+// The inference rule (B, H), no noise and no gradient: keep iff logit > theta,
+// and each row's arg-max head whatever its logit.
+Tensor kept_heads(const Tensor& logits, float theta);
+
 }  // namespace st

@@ -333,16 +333,7 @@ Tensor keep_heads(const HeadTrimmer& tr, const Tensor& x, const Segments& xs, co
   if (other.defined()) q = concat({q, segment_mean(other, os)}, -1);      // (B, 2d)
   const Segments each = even_segments(xs.examples());
   Tensor logits = linear_rows(gelu(linear_rows(tr.ln.forward(q), tr.fc1, each, flops)), tr.fc2, each, flops);
-  // keep iff logit > theta, and each example's best head whatever its logit:
-  // head_mask's rule without noise, read straight from the logits
-  const int64_t B = logits.dim(0), H = logits.dim(1);
-  Tensor z = Tensor::empty({B, H});
-  for (int64_t b = 0; b < B; b++) {
-    const float* l = logits.data() + b * H;
-    const int64_t best = std::max_element(l, l + H) - l;
-    for (int64_t h = 0; h < H; h++) z.data()[b * H + h] = h == best || l[h] > theta ? 1.0f : 0.0f;
-  }
-  return z;  // (B, H)
+  return kept_heads(logits, theta);  // (B, H)
 }
 
 }  // namespace
