@@ -76,6 +76,11 @@ int64_t text_tokens(const TrainBatch& b, int64_t row) {
   return int64_t(n);
 }
 
+// Example r's FLOPs ratio: what the packed path executed for it over its unpruned cost.
+double flops_ratio(const PackedOutput& out, const TrainBatch& b, int64_t r, const MeterConfig& c, Task task) {
+  return out.flops[size_t(r)] / full_flops(c, int(text_tokens(b, r)), task);
+}
+
 double mean(const std::vector<double>& v) {
   double s = 0;
   for (double x : v) s += x;
@@ -129,8 +134,7 @@ Calibration calibrate_theta(const PackedMeter& packed, Task task, const std::vec
     std::vector<double> ratios;
     for (const TrainBatch& b : batches) {
       const PackedOutput out = run(packed, task, b, o);
-      for (size_t r = 0; r < out.flops.size(); r++)
-        ratios.push_back(out.flops[r] / full_flops(config, int(text_tokens(b, int64_t(r))), task));
+      for (size_t r = 0; r < out.flops.size(); r++) ratios.push_back(flops_ratio(out, b, int64_t(r), config, task));
     }
     return mean(ratios);
   };
@@ -241,7 +245,7 @@ int eval_command(int argc, char** argv) {
       auto& cat = by_category[set.category(i)];
       cat.first += s, cat.second++;
       gflops.push_back(out.flops[r] / 1e9);
-      ratio.push_back(out.flops[r] / full_flops(config, int(text_tokens(b, int64_t(r))), set.task));
+      ratio.push_back(flops_ratio(out, b, int64_t(r), config, set.task));
     }
     // batch-1 latency: the first examples again, one at a time
     for (int64_t r = 0; r < int64_t(lb->indices.size()) && int64_t(latency_ms.size()) < latency_examples; r++) {

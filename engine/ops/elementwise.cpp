@@ -97,7 +97,6 @@ void scale_backward(float* dx, const float* dout, float scale, int64_t n) {
   for (int64_t i = 0; i < n; i++) dx[i] += scale * dout[i];
 }
 
-static constexpr float kInvSqrt2 = 0.70710678118654752f;
 static constexpr float kInvSqrt2Pi = 0.39894228040143268f;
 
 static inline float sigmoidf(float x) { return 1.0f / (1.0f + vexp(-x)); }

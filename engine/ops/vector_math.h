@@ -23,5 +23,6 @@ inline float vexp(float x) { return ::expf(x); }
 inline float verf(float x) { return ::erff(x); }
 // GELU in its exact form, x Phi(x) = 0.5 x (1 + erf(x / sqrt 2)); the gelu op
 // and the fused loops of the packed path share it.
-inline float gelu_of(float x) { return 0.5f * x * (1.0f + verf(x * 0.70710678118654752f)); }
+inline constexpr float kInvSqrt2 = 0.70710678118654752f;
+inline float gelu_of(float x) { return 0.5f * x * (1.0f + verf(x * kInvSqrt2)); }
 }  // namespace st::cpu
