@@ -148,22 +148,19 @@ TEST_CASE("smarttrim: the trimmers' own cost by hand") {
   n.vit_scored = {17};
   n.cross_text_scored = {5, 3};
   n.cross_image_scored = {17, 9};
-  // per scored row: local 2 d d_t, W_1 on h 2 d_t^2, w_2 2 d_t; per example: W_1 on g and u 2 (2 d_t) d_t, u 2 d_c d_t
-  auto token = [](double rows, double d, double dt, double dc) {
-    return rows * (2 * d * dt + 2 * dt * dt + 2 * dt) + 2 * 2 * dt * dt + 2 * dc * dt;
+  // per scored row: local 2 d d_t, W_1 on h 2 d_t^2, w_2 2 d_t; per example: W_1 on g 2 d_t^2, and with
+  // cross-modal guidance W_1 on u 2 d_t^2 and u itself 2 d_c d_t
+  auto trimmers = [](bool guided) {
+    auto token = [&](double rows, double d, double dt, double dc) {
+      return rows * (2 * d * dt + 2 * dt * dt + 2 * dt) + 2 * dt * dt + (guided ? 2 * dt * dt + 2 * dc * dt : 0);
+    };
+    double total = token(17, 48, 12, 40);
+    for (double rows : {5.0, 3.0, 17.0, 9.0}) total += token(rows, 64, 16, 64);
+    return total + 2 * (2 * (2 * 64 * 16 + 2 * 16 * 4) + 2 * (2 * 128 * 16 + 2 * 16 * 4));  // MSA and MCA, both streams, 2 layers
   };
-  double want = token(17, 48, 12, 40);
-  for (double rows : {5.0, 3.0, 17.0, 9.0}) want += token(rows, 64, 16, 64);
-  want += 2 * (2 * (2 * 64 * 16 + 2 * 16 * 4) + 2 * (2 * 128 * 16 + 2 * 16 * 4));  // MSA and MCA, both streams, 2 layers
-  CHECK(st::pass_flops(c, n, true) - st::pass_flops(c, n, false) == want);
+  CHECK(st::pass_flops(c, n, true) - st::pass_flops(c, n, false) == trimmers(true));
   c.trim.cross_modal_guidance = false;  // no u: W_1 reads [h ; g], and there is no W_x
-  auto unguided_token = [](double rows, double d, double dt) {
-    return rows * (2 * d * dt + 2 * dt * dt + 2 * dt) + 2 * dt * dt;
-  };
-  double unguided = unguided_token(17, 48, 12);
-  for (double rows : {5.0, 3.0, 17.0, 9.0}) unguided += unguided_token(rows, 64, 16);
-  unguided += 2 * (2 * (2 * 64 * 16 + 2 * 16 * 4) + 2 * (2 * 128 * 16 + 2 * 16 * 4));
-  CHECK(st::pass_flops(c, n, true) - st::pass_flops(c, n, false) == unguided);
+  CHECK(st::pass_flops(c, n, true) - st::pass_flops(c, n, false) == trimmers(false));
 }
 
 TEST_CASE("smarttrim: curriculum values") {
