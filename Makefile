@@ -10,7 +10,13 @@
 
 CXX      ?= g++
 BUILD    ?= build
-OPT      ?= -O3
+# -march=native lets the compiler use every vector instruction of the CPU it
+# runs on (AVX-512 on ours) in the element-wise loops, LayerNorm and softmax:
+# 12% off a training step of the demo model. The GEMM picks its kernel at
+# run time either way. Such a binary runs only on CPUs like the one that
+# built it; `make NATIVE=` builds one for any x86-64.
+NATIVE   ?= -march=native
+OPT      ?= -O3 $(NATIVE)
 CXXFLAGS ?= $(OPT) -g
 CXXFLAGS += -std=c++20 -Wall -Wextra -fopenmp -I. -MMD -MP
 LDFLAGS  += -fopenmp
