@@ -1,7 +1,7 @@
 // What trimming buys in wall-clock time: packed inference of a trimmed METER
 // against the same model at full capacity, side by side in one run.
 //
-//   build/bench_smarttrim [--json FILE] [--reps N] [--tiny-only] [--batch N]
+//   build/bench_smarttrim [--json FILE] [--reps N] [--min-seconds S] [--tiny-only] [--batch N]
 //
 // The models are random (no trained trimmers exist here), so the keep rate
 // is set with the run-time threshold theta: for each target FLOPs ratio a
@@ -11,6 +11,7 @@
 // the FLOPs reduction (1 means time fell exactly as much as FLOPs did).
 // The full-capacity run uses the same packed path, so padding costs neither
 // side anything; the plain rectangular forward is timed too, for reference.
+// Full and trimmed runs take turns, so both see the same machine load.
 #include <omp.h>
 
 #include <algorithm>
@@ -34,16 +35,28 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-double median_seconds(int reps, const std::function<void()>& run) {
-  run();  // warm-up: the allocator's cache and the GEMM's packing buffers fill
-  std::vector<double> t;
-  for (int i = 0; i < reps; i++) {
-    double t0 = now_s();
-    run();
-    t.push_back(now_s() - t0);
-  }
+double median(std::vector<double> t) {
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
+}
+
+// Times two workloads taking turns (a, b, a, b, ...) until each has run at
+// least `reps` times and both together at least `min_s` seconds; returns
+// their median times. Taking turns makes a slow spell on a shared machine
+// hit both sides alike, and the time floor gives small models enough runs.
+std::pair<double, double> paired_median_seconds(int reps, double min_s, const std::function<void()>& a,
+                                                const std::function<void()>& b) {
+  a(), b();  // warm-up: the allocator's cache and the GEMM's packing buffers fill
+  std::vector<double> ta, tb;
+  const double start = now_s();
+  while (int(ta.size()) < reps || now_s() - start < min_s) {
+    double t0 = now_s();
+    a();
+    double t1 = now_s();
+    b();
+    ta.push_back(t1 - t0), tb.push_back(now_s() - t1);
+  }
+  return {median(ta), median(tb)};
 }
 
 struct Batch {
@@ -119,15 +132,17 @@ struct Row {
 int main(int argc, char** argv) {
   std::string json;
   int reps = 3;
+  double min_seconds = 1.0;  // per side-by-side measurement: small models get many runs
   bool tiny_only = false;
   int only_batch = 0;  // 0: every batch size
   for (int i = 1; i < argc; i++) {
     if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
     else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::max(1, std::atoi(argv[++i]));
+    else if (!std::strcmp(argv[i], "--min-seconds") && i + 1 < argc) min_seconds = std::atof(argv[++i]);
     else if (!std::strcmp(argv[i], "--tiny-only")) tiny_only = true;
     else if (!std::strcmp(argv[i], "--batch") && i + 1 < argc) only_batch = std::atoi(argv[++i]);
     else {
-      std::fprintf(stderr, "usage: bench_smarttrim [--json FILE] [--reps N] [--tiny-only] [--batch N]\n");
+      std::fprintf(stderr, "usage: bench_smarttrim [--json FILE] [--reps N] [--min-seconds S] [--tiny-only] [--batch N]\n");
       return 2;
     }
   }
@@ -153,11 +168,11 @@ int main(int argc, char** argv) {
           Batch b = make_batch(c, batch, s.text_len, ragged, 7);
           st::PackedMeter::Options full;
           full.trimmers = false;
-          const double full_s = median_seconds(reps, [&] { packed.run(st::Task::VQA, b.ids, b.mask, b.image, full); });
+          auto run_full = [&] { packed.run(st::Task::VQA, b.ids, b.mask, b.image, full); };
           st::Context eval;
-          const double plain_s = median_seconds(reps, [&] {
-            model.vqa_logits(model.forward(b.ids, b.mask, b.image, eval).cls);
-          });
+          const double plain_s = paired_median_seconds(reps, min_seconds, run_full, [&] {
+                                   model.vqa_logits(model.forward(b.ids, b.mask, b.image, eval).cls);
+                                 }).second;
           Batch probe = first_examples(b, std::min(batch, 2));
           for (double target : {0.5, 0.33}) {
             double lo = -1e5, hi = 1e5;  // theta: higher drops more; the spread logits reach the thousands
@@ -175,7 +190,8 @@ int main(int argc, char** argv) {
               const double r = out.flops[i] / st::full_flops(c, b.lengths[i], st::Task::VQA);
               mn = std::min(mn, r), mx = std::max(mx, r);
             }
-            const double trimmed_s = median_seconds(reps, [&] { packed.run(st::Task::VQA, b.ids, b.mask, b.image, o); });
+            const auto [full_s, trimmed_s] = paired_median_seconds(
+                reps, min_seconds, run_full, [&] { packed.run(st::Task::VQA, b.ids, b.mask, b.image, o); });
             const std::string name = std::string(s.config).substr(8, std::string(s.config).size() - 13);
             rows.push_back({name, batch, ragged, target, flops_ratio(c, out, b), mn, mx, o.token_threshold, full_s,
                             trimmed_s, plain_s});
