@@ -12,8 +12,9 @@ CXX      ?= g++
 BUILD    ?= build
 # -march=native lets the compiler use every vector instruction of the CPU it
 # runs on (AVX-512 on ours) in the element-wise loops, LayerNorm and softmax:
-# 12% off a training step of the demo model. The GEMM picks its kernel at
-# run time either way. Such a binary runs only on CPUs like the one that
+# 100 SmartTrim training steps of the demo model took 7.8-9.4 s instead of
+# 9.0-10.5 s (2 threads, four runs each, taking turns). The GEMM picks its
+# kernel at run time either way. Such a binary runs only on CPUs like the one that
 # built it; `make NATIVE=` builds one for any x86-64.
 NATIVE   ?= -march=native
 OPT      ?= -O3 $(NATIVE)
