@@ -1,8 +1,11 @@
 // The packed inference path: see pruning/packed.h.
 #include "pruning/packed.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
+#include <exception>
 
 #include "engine/error.h"
 #include "engine/gemm.h"
@@ -466,6 +469,76 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
   return pass;
 }
 
+namespace {
+
+// Examples [b0, b1) of a batch tensor whose first dimension is the example.
+Tensor examples_of(const Tensor& x, int64_t b0, int64_t b1) {
+  Shape shape = x.shape();
+  shape[0] = b1 - b0;
+  const int64_t per = x.numel() / x.dim(0);
+  if (x.dtype() == DType::I32) return Tensor::from_ints({x.ints() + b0 * per, x.ints() + b1 * per}, shape);
+  return Tensor::from_vector({x.data() + b0 * per, x.data() + b1 * per}, shape);
+}
+
+// Below this many FLOPs in one example's pass at full capacity, a batch is
+// split by examples rather than op by op (METER-tiny: 10 MFLOPs, the demo's
+// model 25, METER-base 105 000).
+constexpr double kSplitByExamplesFlops = 2e8;
+
+}  // namespace
+
+// A small model's ops are mostly below the size where a second thread pays
+// (GEMMs under 4 MFLOPs, attention on 16-token segments), so shared out op
+// by op, the other threads mostly wait; more so after trimming, which only
+// makes the ops smaller. Each thread instead runs the whole pass on its
+// share of the examples, every op inside on that one thread, with no
+// barrier between ops. Examples never interact, so the results are the
+// same as one pass over the batch; the parts are put back in order.
+PackedMeter::Pass PackedMeter::pass(const Tensor& ids, const Tensor& mask, const Tensor& image, int image_type,
+                                    const Options& opt, std::vector<double>& flops) const {
+  const MeterConfig& c = m_.config_;
+  const int64_t B = ids.dim(0);
+  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  const bool small = pass_flops(c, full_counts(c, int(ids.dim(1))), false) < kSplitByExamplesFlops;
+  if (threads < 2 || B < 2 * int64_t(threads) || !small) return one_pass(ids, mask, image, image_type, opt, flops);
+
+  std::vector<Pass> parts(static_cast<size_t>(threads));
+  std::vector<std::vector<double>> part_flops(static_cast<size_t>(threads));
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(threads));
+  auto first_example = [&](int part) { return B * part / threads; };
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+  for (int part = 0; part < threads; part++) {
+    try {
+      NoGrad no_grad;  // grad mode is per thread
+      const int64_t b0 = first_example(part), b1 = first_example(part + 1);
+      part_flops[size_t(part)].assign(size_t(b1 - b0), 0.0);
+      parts[size_t(part)] = one_pass(examples_of(ids, b0, b1), examples_of(mask, b0, b1), examples_of(image, b0, b1),
+                                     image_type, opt, part_flops[size_t(part)]);
+    } catch (...) {
+      errors[size_t(part)] = std::current_exception();  // an exception must not leave the parallel region
+    }
+  }
+  for (const std::exception_ptr& e : errors)
+    if (e) std::rethrow_exception(e);
+
+  Pass whole = parts[0];
+  std::vector<Tensor> cls{parts[0].cls};
+  for (size_t part = 1; part < parts.size(); part++) {
+    const Pass& p = parts[part];
+    cls.push_back(p.cls);
+    whole.counts.insert(whole.counts.end(), p.counts.begin(), p.counts.end());
+    for (size_t site = 0; site < whole.kept.size(); site++) {
+      auto& positions = whole.kept[site].positions;
+      positions.insert(positions.end(), p.kept[site].positions.begin(), p.kept[site].positions.end());
+    }
+  }
+  whole.cls = concat(cls, 0);
+  for (int part = 0; part < threads; part++)
+    for (int64_t b = first_example(part); b < first_example(part + 1); b++)
+      flops[size_t(b)] += part_flops[size_t(part)][size_t(b - first_example(part))];
+  return whole;
+}
+
 PackedOutput PackedMeter::run(Task task, const Tensor& ids, const Tensor& mask, const Tensor& image,
                               const Tensor& image2, const Options& opt) const {
   if (ids.rank() != 2 || mask.shape() != ids.shape() || image.dim(0) != ids.dim(0))
@@ -477,7 +550,7 @@ PackedOutput PackedMeter::run(Task task, const Tensor& ids, const Tensor& mask, 
   const int64_t B = ids.dim(0);
   PackedOutput out;
   out.flops.assign(size_t(B), 0.0);
-  Pass first = one_pass(ids, mask, image, 1, opt, out.flops);
+  Pass first = pass(ids, mask, image, 1, opt, out.flops);
   out.cls = first.cls;
   out.counts = first.counts;
   out.kept = first.kept;
@@ -509,7 +582,7 @@ PackedOutput PackedMeter::run(Task task, const Tensor& ids, const Tensor& mask, 
       if (!c.nlvr2) throw ArgumentError("METER: this model has no NLVR2 head");
       if (!image2.defined() || image2.shape() != image.shape())
         throw ShapeError("packed METER: NLVR2 needs a second image batch shaped like the first");
-      Pass second = one_pass(ids, mask, image2, 2, opt, out.flops);
+      Pass second = pass(ids, mask, image2, 2, opt, out.flops);
       out.counts.insert(out.counts.end(), second.counts.begin(), second.counts.end());
       out.kept.insert(out.kept.end(), second.kept.begin(), second.kept.end());
       out.logits = classifier(m_.nlvr2_, concat({first.cls, second.cls}, -1));

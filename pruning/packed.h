@@ -75,6 +75,9 @@ class PackedMeter {
   };
   Pass one_pass(const Tensor& ids, const Tensor& mask, const Tensor& image, int image_type, const Options& opt,
                 std::vector<double>& flops) const;
+  // one_pass over the whole batch or, for a small model, over each thread's share of the examples
+  Pass pass(const Tensor& ids, const Tensor& mask, const Tensor& image, int image_type, const Options& opt,
+            std::vector<double>& flops) const;
   const Meter& m_;
 };
 

@@ -3,6 +3,8 @@
 // cost model's count for every example.
 #include <doctest/doctest.h>
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 
@@ -183,4 +185,34 @@ TEST_CASE("packed: the fixed-ratio top-k baseline keeps ceil(ratio * n) tokens o
   for (int64_t e = 0; e < 4; e++)
     CHECK(std::includes(more.kept[0].positions[size_t(e)].begin(), more.kept[0].positions[size_t(e)].end(),
                         got.kept[0].positions[size_t(e)].begin(), got.kept[0].positions[size_t(e)].end()));
+}
+
+TEST_CASE("packed: a batch split by examples across threads gives what one pass over it gives") {
+  // 9 ragged examples with 2 or 3 threads: PackedMeter hands each thread a
+  // share of the examples; with one thread it runs one pass over the batch.
+  st::MeterConfig c = st::load_meter_config("configs/meter-tiny-smarttrim.json");
+  st::Meter model(c, 5);
+  sharpen_trimmers(model, 50.0f, 0.0f);
+  const std::vector<int> lengths{12, 3, 7, 12, 5, 9, 4, 11, 6};
+  st::testing::MeterBatch b = st::testing::make_meter_batch(c, lengths, 12, 4);
+  st::Rng rng(9);
+  const Tensor image2 = Tensor::randn(b.image.shape(), rng);
+  st::NoGrad no_grad;
+  const st::PackedMeter packed(model);
+  const int threads = omp_get_max_threads();
+  for (st::Task task : {st::Task::VQA, st::Task::NLVR2}) {
+    omp_set_num_threads(1);
+    const st::PackedOutput one = packed.run(task, b.ids, b.mask, b.image, image2, {});
+    for (int split : {2, 3}) {
+      omp_set_num_threads(split);
+      const st::PackedOutput got = packed.run(task, b.ids, b.mask, b.image, image2, {});
+      CHECK(st::testing::relative_error(got.logits, one.logits) < 1e-6);
+      CHECK(got.flops == one.flops);
+      REQUIRE(got.counts.size() == one.counts.size());
+      for (size_t i = 0; i < one.counts.size(); i++) check_same_counts(got.counts[i], one.counts[i]);
+      REQUIRE(got.kept.size() == one.kept.size());
+      for (size_t i = 0; i < one.kept.size(); i++) CHECK(got.kept[i].positions == one.kept[i].positions);
+    }
+  }
+  omp_set_num_threads(threads);
 }
