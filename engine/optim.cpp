@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "engine/error.h"
+#include "engine/parallel.h"
 
 namespace st {
 
@@ -37,12 +38,11 @@ void AdamW::step(float lr_scale) {
       float* w = p.data();
       const float* gr = grad.data();
       int64_t n = p.numel();
-#pragma omp parallel for simd schedule(static) if (n > (1 << 16))
-      for (int64_t i = 0; i < n; i++) {
+      simd_for(n, use_threads(n, 1 << 16), [&](int64_t i) {
         m[i] = b1 * m[i] + (1.0f - b1) * gr[i];
         v[i] = b2 * v[i] + (1.0f - b2) * gr[i] * gr[i];
         w[i] = w[i] * decay - lr * (m[i] / c1) / (std::sqrt(v[i] / c2) + config_.eps);
-      }
+      });
     }
   }
 }

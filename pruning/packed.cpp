@@ -9,6 +9,7 @@
 
 #include "engine/error.h"
 #include "engine/gemm.h"
+#include "engine/parallel.h"
 #include "engine/ops/vector_math.h"
 
 namespace st {
@@ -107,9 +108,9 @@ AttentionWeights weights_of(const Attention& a) {
 void project(const float* x, int64_t rows, int64_t d, const float* W, const float* bias, int64_t c0, int64_t cols,
              float scale, float* out, int64_t ld) {
   sgemm(false, true, int(rows), int(cols), int(d), 1.0f, x, int(d), W + c0 * d, int(d), 0.0f, out + c0, int(ld));
-#pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
-  for (int64_t r = 0; r < rows; r++)
+  parallel_for(rows, use_threads(rows * cols, 1 << 16), [&](int64_t r) {
     for (int64_t j = 0; j < cols; j++) out[r * ld + c0 + j] = (out[r * ld + c0 + j] + bias[c0 + j]) * scale;
+  });
 }
 
 void softmax_rows(float* s, int64_t rows, int64_t cols) {
@@ -169,8 +170,7 @@ Tensor packed_attention(const Attention& attention, const Tensor& x, const Segme
   bool every_head = true;  // no mask, or one that keeps every head of every example
   for (int64_t i = 0; head_keep.defined() && i < head_keep.numel(); i++) every_head = every_head && head_keep.data()[i] != 0.0f;
   // Tiny work stays on one thread: a parallel region costs more than it saves there.
-  const double work = 2.0 * double(qs.total() + ks.total()) * double(d) * double(d);
-  const bool worth_threads = work > 4e6;
+  const bool worth_threads = use_threads(2 * (qs.total() + ks.total()) * d * d, 4'000'000);
   auto keeps = [&](int64_t b, int64_t h) { return every_head || head_keep.data()[b * H + h] != 0.0f; };
   std::vector<int64_t> heads_of(size_t(B), H);  // kept heads per example
   for (int64_t b = 0; b < B && !every_head; b++) {
@@ -190,13 +190,12 @@ Tensor packed_attention(const Attention& attention, const Tensor& x, const Segme
     project(memory.data(), ks.total(), d, w.wv, w.bv, 0, d, 1.0f, v.data(), d);
   } else {
     q_rows = rows_per_head(qs, head_keep, H), k_rows = rows_per_head(ks, head_keep, H);
-#pragma omp parallel for schedule(dynamic) if (worth_threads)
-    for (int64_t j = 0; j < 3 * H; j++) {
+    parallel_jobs(3 * H, worth_threads, [&](int64_t j) {
       const int64_t h = j / 3, which = j % 3;  // 0 Q, 1 K, 2 V
       if (which == 0) project_rows(x.data(), q_rows[size_t(h)], d, w.wq, w.bq, h * k, k, scale, q.data(), d);
       if (which == 1) project_rows(memory.data(), k_rows[size_t(h)], d, w.wk, w.bk, h * k, k, 1.0f, kk.data(), d);
       if (which == 2) project_rows(memory.data(), k_rows[size_t(h)], d, w.wv, w.bv, h * k, k, 1.0f, v.data(), d);
-    }
+    });
   }
 
   // --- attention: softmax(Q_h K_h^T) V_h per (example, kept head)
@@ -205,9 +204,8 @@ Tensor packed_attention(const Attention& attention, const Tensor& x, const Segme
     for (int64_t h = 0; h < H; h++)
       if (keeps(b, h)) jobs.push_back({b, h});
   Tensor ctx = Tensor::empty({qs.total(), d});
-#pragma omp parallel for schedule(dynamic) if (worth_threads)
-  for (size_t j = 0; j < jobs.size(); j++) {
-    const auto [b, h] = jobs[j];
+  parallel_jobs(int64_t(jobs.size()), worth_threads, [&](int64_t j) {
+    const auto [b, h] = jobs[size_t(j)];
     const int64_t n = qs.rows(b), m = ks.rows(b), qr = qs.at[size_t(b)], kr = ks.at[size_t(b)];
     thread_local std::vector<float> scores;
     scores.resize(size_t(n * m));
@@ -216,7 +214,7 @@ Tensor packed_attention(const Attention& attention, const Tensor& x, const Segme
     softmax_rows(scores.data(), n, m);
     sgemm(false, false, int(n), int(k), int(m), 1.0f, scores.data(), int(m), v.data() + kr * d + h * k, int(d), 0.0f,
           ctx.data() + qr * d + h * k, int(d));  // (n, k) = A V_h
-  }
+  });
   for (const auto& [b, h] : jobs) flops[size_t(b)] += 4.0 * double(qs.rows(b)) * double(ks.rows(b)) * double(k);
 
   // --- output projection

@@ -1,12 +1,11 @@
 // Shared by the op files: argument checks that name the op and the shapes,
 // the kernel dispatch seam, and small shape helpers.
 #pragma once
-#include <omp.h>
-
 #include <string>
 
 #include "engine/kernels.h"
 #include "engine/ops.h"
+#include "engine/parallel.h"
 
 namespace st {
 

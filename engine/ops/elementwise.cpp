@@ -39,15 +39,14 @@ void binary_forward(Binary op, float* out, const float* a, const float* b, const
   int64_t inner = g.rank ? g.size[g.rank - 1] : 1;
   int64_t sa = g.rank ? g.stride_a[g.rank - 1] : 0, sb = g.rank ? g.stride_b[g.rank - 1] : 0;
   int64_t outer = g.numel() / (inner ? inner : 1);
-#pragma omp parallel for schedule(static) if (g.numel() > (1 << 15))
-  for (int64_t o = 0; o < outer; o++) {
+  parallel_for(outer, use_threads(g.numel(), 1 << 15), [&](int64_t o) {
     int64_t off_a, off_b;
     outer_offsets(g, o, off_a, off_b);
     float* y = out + o * inner;
     const float* pa = a + off_a;
     const float* pb = b + off_b;
     for (int64_t i = 0; i < inner; i++) y[i] = apply(op, pa[i * sa], pb[i * sb]);
-  }
+  });
 }
 
 // d(a op b)/da and /db times the upstream gradient.
@@ -72,9 +71,8 @@ void binary_backward(Binary op, float* da, float* db, const float* dout, const f
     if (g.stride_a[i] == 0 && g.size[i] > 1) a_full = false;
     if (g.stride_b[i] == 0 && g.size[i] > 1) b_full = false;
   }
-  bool parallel = (!da || a_full) && (!db || b_full) && g.numel() > (1 << 15);
-#pragma omp parallel for schedule(static) if (parallel)
-  for (int64_t o = 0; o < outer; o++) {
+  const bool parallel = (!da || a_full) && (!db || b_full) && use_threads(g.numel(), 1 << 15);
+  parallel_for(outer, parallel, [&](int64_t o) {
     int64_t off_a, off_b;
     outer_offsets(g, o, off_a, off_b);
     const float* gy = dout + o * inner;
@@ -84,17 +82,15 @@ void binary_backward(Binary op, float* da, float* db, const float* dout, const f
       if (da) da[off_a + i * sa] += ga;
       if (db) db[off_b + i * sb] += gb;
     }
-  }
+  });
 }
 
 void scale_shift_forward(float* out, const float* x, float scale, float shift, int64_t n) {
-#pragma omp parallel for simd schedule(static) if (n > (1 << 16))
-  for (int64_t i = 0; i < n; i++) out[i] = scale * x[i] + shift;
+  simd_for(n, use_threads(n, 1 << 16), [=](int64_t i) { out[i] = scale * x[i] + shift; });
 }
 
 void scale_backward(float* dx, const float* dout, float scale, int64_t n) {
-#pragma omp parallel for simd schedule(static) if (n > (1 << 16))
-  for (int64_t i = 0; i < n; i++) dx[i] += scale * dout[i];
+  simd_for(n, use_threads(n, 1 << 16), [=](int64_t i) { dx[i] += scale * dout[i]; });
 }
 
 static constexpr float kInvSqrt2Pi = 0.39894228040143268f;
@@ -136,30 +132,16 @@ static inline float unary_derivative(Unary op, float x, float y) {
   return 0.0f;
 }
 
-// f(i) for i in [0, n), vectorised, and on every thread when n is large.
-// (The serial branch is spelled out: GCC does not vectorise the body of a
-// `parallel for simd` whose `if` clause turns the threads off.)
-template <typename F>
-static inline void simd_loop(int64_t n, F f) {
-  if (n > (1 << 14)) {
-#pragma omp parallel for simd schedule(static)
-    for (int64_t i = 0; i < n; i++) f(i);
-  } else {
-#pragma omp simd
-    for (int64_t i = 0; i < n; i++) f(i);
-  }
-}
-
 // One loop per op, so the op is a constant inside it and the loop vectorises
 // (with libmvec's expf and erff, see vector_math.h).
 template <Unary op>
 static void unary_forward_loop(float* out, const float* x, int64_t n) {
-  simd_loop(n, [=](int64_t i) { out[i] = unary(op, x[i]); });
+  simd_for(n, use_threads(n, 1 << 14), [=](int64_t i) { out[i] = unary(op, x[i]); });
 }
 
 template <Unary op>
 static void unary_backward_loop(float* dx, const float* dout, const float* x, const float* out, int64_t n) {
-  simd_loop(n, [=](int64_t i) { dx[i] += dout[i] * unary_derivative(op, x[i], out[i]); });
+  simd_for(n, use_threads(n, 1 << 14), [=](int64_t i) { dx[i] += dout[i] * unary_derivative(op, x[i], out[i]); });
 }
 
 // The run-time op picks the loop compiled for it.

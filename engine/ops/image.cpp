@@ -13,36 +13,36 @@ namespace cpu {
 void patches_from_image(float* patches, const float* image, int B, int C, int H, int W, int p) {
   int gh = H / p, gw = W / p;
   int64_t cols = int64_t(C) * p * p;
-#pragma omp parallel for collapse(2) schedule(static) if (int64_t(B) * C * H * W > (1 << 15))
-  for (int b = 0; b < B; b++)
-    for (int py = 0; py < gh; py++)
-      for (int px = 0; px < gw; px++) {
-        float* row = patches + ((int64_t(b) * gh + py) * gw + px) * cols;
-        for (int c = 0; c < C; c++)
-          for (int y = 0; y < p; y++) {
-            const float* src = image + ((int64_t(b) * C + c) * H + py * p + y) * W + px * p;
-            float* dst = row + (int64_t(c) * p + y) * p;
-            for (int x = 0; x < p; x++) dst[x] = src[x];
-          }
-      }
+  parallel_for(int64_t(B) * gh, use_threads(int64_t(B) * C * H * W, 1 << 15), [&](int64_t b_py) {
+    const int64_t b = b_py / gh, py = b_py % gh;
+    for (int px = 0; px < gw; px++) {
+      float* row = patches + ((b * gh + py) * gw + px) * cols;
+      for (int c = 0; c < C; c++)
+        for (int y = 0; y < p; y++) {
+          const float* src = image + ((b * C + c) * H + py * p + y) * W + px * p;
+          float* dst = row + (int64_t(c) * p + y) * p;
+          for (int x = 0; x < p; x++) dst[x] = src[x];
+        }
+    }
+  });
 }
 
 // Patches do not overlap, so each image pixel receives exactly one value.
 void patches_to_image_add(float* dimage, const float* dpatches, int B, int C, int H, int W, int p) {
   int gh = H / p, gw = W / p;
   int64_t cols = int64_t(C) * p * p;
-#pragma omp parallel for collapse(2) schedule(static) if (int64_t(B) * C * H * W > (1 << 15))
-  for (int b = 0; b < B; b++)
-    for (int py = 0; py < gh; py++)
-      for (int px = 0; px < gw; px++) {
-        const float* row = dpatches + ((int64_t(b) * gh + py) * gw + px) * cols;
-        for (int c = 0; c < C; c++)
-          for (int y = 0; y < p; y++) {
-            float* dst = dimage + ((int64_t(b) * C + c) * H + py * p + y) * W + px * p;
-            const float* src = row + (int64_t(c) * p + y) * p;
-            for (int x = 0; x < p; x++) dst[x] += src[x];
-          }
-      }
+  parallel_for(int64_t(B) * gh, use_threads(int64_t(B) * C * H * W, 1 << 15), [&](int64_t b_py) {
+    const int64_t b = b_py / gh, py = b_py % gh;
+    for (int px = 0; px < gw; px++) {
+      const float* row = dpatches + ((b * gh + py) * gw + px) * cols;
+      for (int c = 0; c < C; c++)
+        for (int y = 0; y < p; y++) {
+          float* dst = dimage + ((b * C + c) * H + py * p + y) * W + px * p;
+          const float* src = row + (int64_t(c) * p + y) * p;
+          for (int x = 0; x < p; x++) dst[x] += src[x];
+        }
+    }
+  });
 }
 
 // Keys' cubic convolution kernel with a = -0.75 (PyTorch's bicubic):

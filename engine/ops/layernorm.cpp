@@ -8,8 +8,7 @@ namespace cpu {
 
 void layernorm_forward(float* out, float* mean, float* rstd, const float* x, const float* weight,
                        const float* bias, int64_t rows, int n, float eps) {
-#pragma omp parallel for schedule(static) if (rows * n > (1 << 14))
-  for (int64_t r = 0; r < rows; r++) {
+  parallel_for(rows, use_threads(rows * n, 1 << 14), [&](int64_t r) {
     const float* xr = x + r * n;
     // `omp simd reduction` lets the compiler reorder these sums into vector
     // lanes (it may not by itself: float addition is not associative).
@@ -27,7 +26,7 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* x, con
     for (int i = 0; i < n; i++) yr[i] = (xr[i] - m) * s * weight[i] + bias[i];
     mean[r] = m;
     rstd[r] = s;
-  }
+  });
 }
 
 // With xhat = (x - mean) * rstd and dxhat = dy * w:
@@ -35,10 +34,9 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* x, con
 //   dw += sum_rows dy * xhat,  db += sum_rows dy
 void layernorm_backward(float* dx, float* dweight, float* dbias, const float* dout, const float* x,
                         const float* weight, const float* mean, const float* rstd, int64_t rows, int n) {
-  bool parallel = rows * n > (1 << 14);
+  const bool parallel = use_threads(rows * n, 1 << 14);
   if (dx) {
-#pragma omp parallel for schedule(static) if (parallel)
-    for (int64_t r = 0; r < rows; r++) {
+    parallel_for(rows, parallel, [&](int64_t r) {
       const float* g = dout + r * n;
       const float* xr = x + r * n;
       float mu = mean[r], s = rstd[r];
@@ -56,23 +54,20 @@ void layernorm_backward(float* dx, float* dweight, float* dbias, const float* do
         float xhat = (xr[i] - mu) * s;
         dx[r * n + i] += s * (g[i] * weight[i] - mean_dxhat - xhat * mean_dxhat_xhat);
       }
-    }
+    });
   }
   if (dweight || dbias) {
     // Each thread owns a slice of the columns, so the sums over rows do not race.
-#pragma omp parallel if (parallel)
-    {
-      int threads = omp_get_num_threads(), t = omp_get_thread_num();
-      int lo = int(int64_t(n) * t / threads), hi = int(int64_t(n) * (t + 1) / threads);
+    parallel_ranges(n, parallel, [&](int64_t lo, int64_t hi) {
       for (int64_t r = 0; r < rows; r++) {
         const float* g = dout + r * n;
         const float* xr = x + r * n;
-        for (int i = lo; i < hi; i++) {
+        for (int64_t i = lo; i < hi; i++) {
           if (dweight) dweight[i] += g[i] * (xr[i] - mean[r]) * rstd[r];
           if (dbias) dbias[i] += g[i];
         }
       }
-    }
+    });
   }
 }
 

@@ -11,19 +11,16 @@ namespace st {
 namespace cpu {
 
 void add_bias_rows(float* y, const float* bias, int64_t rows, int n) {
-#pragma omp parallel for schedule(static) if (rows * n > (1 << 15))
-  for (int64_t r = 0; r < rows; r++)
+  parallel_for(rows, use_threads(rows * n, 1 << 15), [&](int64_t r) {
     for (int i = 0; i < n; i++) y[r * n + i] += bias[i];
+  });
 }
 
 void sum_columns_add(float* dbias, const float* dy, int64_t rows, int n) {
-#pragma omp parallel if (rows * n > (1 << 15))
-  {
-    int threads = omp_get_num_threads(), t = omp_get_thread_num();
-    int lo = int(int64_t(n) * t / threads), hi = int(int64_t(n) * (t + 1) / threads);
+  parallel_ranges(n, use_threads(rows * n, 1 << 15), [&](int64_t lo, int64_t hi) {
     for (int64_t r = 0; r < rows; r++)
-      for (int i = lo; i < hi; i++) dbias[i] += dy[r * n + i];
-  }
+      for (int64_t i = lo; i < hi; i++) dbias[i] += dy[r * n + i];
+  });
 }
 
 }  // namespace cpu

@@ -10,16 +10,16 @@ namespace cpu {
 
 void dropout_forward(float* out, const float* x, float p, uint64_t seed, uint64_t offset, int64_t n) {
   float scale = 1.0f / (1.0f - p);
-#pragma omp parallel for schedule(static) if (n > (1 << 14))
-  for (int64_t i = 0; i < n; i++)
+  parallel_for(n, use_threads(n, 1 << 14), [&](int64_t i) {
     out[i] = philox_uniform(seed, offset + uint64_t(i)) < p ? 0.0f : x[i] * scale;
+  });
 }
 
 void dropout_backward(float* dx, const float* dout, float p, uint64_t seed, uint64_t offset, int64_t n) {
   float scale = 1.0f / (1.0f - p);
-#pragma omp parallel for schedule(static) if (n > (1 << 14))
-  for (int64_t i = 0; i < n; i++)
+  parallel_for(n, use_threads(n, 1 << 14), [&](int64_t i) {
     if (philox_uniform(seed, offset + uint64_t(i)) >= p) dx[i] += dout[i] * scale;
+  });
 }
 
 // The soft relaxation y = sigmoid((s + L) / tau) of element i.
@@ -34,19 +34,18 @@ static inline float gumbel_soft(float s, float tau, bool noise, uint64_t seed, u
 
 void gumbel_sigmoid_st_forward(float* mask, const float* logits, float tau, bool noise, uint64_t seed,
                                uint64_t offset, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > (1 << 14))
-  for (int64_t i = 0; i < n; i++)
+  parallel_for(n, use_threads(n, 1 << 14), [&](int64_t i) {
     mask[i] = gumbel_soft(logits[i], tau, noise, seed, offset + uint64_t(i)) > 0.5f ? 1.0f : 0.0f;
+  });
 }
 
 // Straight-through: d mask / d s := d y / d s = y (1 - y) / tau.
 void gumbel_sigmoid_st_backward(float* dlogits, const float* dmask, const float* logits, float tau, bool noise,
                                 uint64_t seed, uint64_t offset, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > (1 << 14))
-  for (int64_t i = 0; i < n; i++) {
+  parallel_for(n, use_threads(n, 1 << 14), [&](int64_t i) {
     float y = gumbel_soft(logits[i], tau, noise, seed, offset + uint64_t(i));
     dlogits[i] += dmask[i] * y * (1.0f - y) / tau;
-  }
+  });
 }
 
 }  // namespace cpu

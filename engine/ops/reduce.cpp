@@ -6,26 +6,23 @@ namespace st {
 namespace cpu {
 
 void sum_rows_forward(float* out, const float* x, int64_t rows, int64_t n, float scale) {
-#pragma omp parallel for schedule(static) if (rows * n > (1 << 15) && rows > 1)
-  for (int64_t r = 0; r < rows; r++) {
+  parallel_for(rows, rows > 1 && use_threads(rows * n, 1 << 15), [&](int64_t r) {
     double s = 0.0;  // long rows (a whole-tensor sum) lose digits in float
     for (int64_t i = 0; i < n; i++) s += x[r * n + i];
     out[r] = float(s * scale);
-  }
+  });
 }
 
 void sum_rows_backward(float* dx, const float* dout, int64_t rows, int64_t n, float scale) {
-#pragma omp parallel for schedule(static) if (rows * n > (1 << 15))
-  for (int64_t r = 0; r < rows; r++) {
+  parallel_for(rows, use_threads(rows * n, 1 << 15), [&](int64_t r) {
     float g = dout[r] * scale;
     for (int64_t i = 0; i < n; i++) dx[r * n + i] += g;
-  }
+  });
 }
 
 // out[b] = sum_i M[b,i] x[b,i] / S_b,  S_b = sum_i M[b,i]   (zeros when S_b = 0)
 void masked_mean_forward(float* out, const float* x, const float* mask, int B, int N, int d) {
-#pragma omp parallel for schedule(static) if (int64_t(B) * N * d > (1 << 15))
-  for (int b = 0; b < B; b++) {
+  parallel_for(B, use_threads(int64_t(B) * N * d, 1 << 15), [&](int64_t b) {
     float* y = out + int64_t(b) * d;
     for (int j = 0; j < d; j++) y[j] = 0.0f;
     float S = 0.0f;
@@ -38,18 +35,17 @@ void masked_mean_forward(float* out, const float* x, const float* mask, int B, i
     }
     float inv = S != 0.0f ? 1.0f / S : 0.0f;
     for (int j = 0; j < d; j++) y[j] *= inv;
-  }
+  });
 }
 
 // dx[b,i] += M[b,i] g[b] / S_b
 // dM[b,i] += g[b] . (x[b,i] - out[b]) / S_b
 void masked_mean_backward(float* dx, float* dmask, const float* dout, const float* x, const float* mask,
                           const float* out, int B, int N, int d) {
-#pragma omp parallel for schedule(static) if (int64_t(B) * N * d > (1 << 15))
-  for (int b = 0; b < B; b++) {
+  parallel_for(B, use_threads(int64_t(B) * N * d, 1 << 15), [&](int64_t b) {
     float S = 0.0f;
     for (int i = 0; i < N; i++) S += mask[int64_t(b) * N + i];
-    if (S == 0.0f) continue;
+    if (S == 0.0f) return;
     float inv = 1.0f / S;
     const float* g = dout + int64_t(b) * d;
     const float* y = out + int64_t(b) * d;
@@ -66,7 +62,7 @@ void masked_mean_backward(float* dx, float* dmask, const float* dout, const floa
         dmask[int64_t(b) * N + i] += dot * inv;
       }
     }
-  }
+  });
 }
 
 }  // namespace cpu

@@ -9,50 +9,47 @@ namespace st {
 namespace cpu {
 
 void permute_0213(float* out, const float* x, int64_t A, int64_t B, int64_t C, int64_t D, bool accumulate) {
-#pragma omp parallel for collapse(2) schedule(static) if (A * B * C * D > (1 << 15))
-  for (int64_t a = 0; a < A; a++)
-    for (int64_t b = 0; b < B; b++)
-      for (int64_t c = 0; c < C; c++) {
-        const float* src = x + ((a * B + b) * C + c) * D;  // x[a, b, c, :]
-        float* dst = out + ((a * C + c) * B + b) * D;      // out[a, c, b, :]
-        if (accumulate)
-          for (int64_t i = 0; i < D; i++) dst[i] += src[i];
-        else
-          std::memcpy(dst, src, size_t(D) * sizeof(float));
-      }
+  parallel_for(A * B, use_threads(A * B * C * D, 1 << 15), [&](int64_t ab) {
+    const int64_t a = ab / B, b = ab % B;
+    for (int64_t c = 0; c < C; c++) {
+      const float* src = x + ((a * B + b) * C + c) * D;  // x[a, b, c, :]
+      float* dst = out + ((a * C + c) * B + b) * D;      // out[a, c, b, :]
+      if (accumulate)
+        for (int64_t i = 0; i < D; i++) dst[i] += src[i];
+      else
+        std::memcpy(dst, src, size_t(D) * sizeof(float));
+    }
+  });
 }
 
 void copy_blocks(float* dst, int64_t dst_stride, const float* src, int64_t src_stride, int64_t outer, int64_t len,
                  bool accumulate) {
-#pragma omp parallel for schedule(static) if (outer * len > (1 << 15))
-  for (int64_t o = 0; o < outer; o++) {
+  parallel_for(outer, use_threads(outer * len, 1 << 15), [&](int64_t o) {
     float* d = dst + o * dst_stride;
     const float* s = src + o * src_stride;
     if (accumulate)
       for (int64_t i = 0; i < len; i++) d[i] += s[i];
     else
       std::memcpy(d, s, size_t(len) * sizeof(float));
-  }
+  });
 }
 
 void gather_rows_forward(float* out, const float* x, const int32_t* index, int64_t n, int64_t d) {
-#pragma omp parallel for schedule(static) if (n * d > (1 << 15))
-  for (int64_t j = 0; j < n; j++) std::memcpy(out + j * d, x + int64_t(index[j]) * d, size_t(d) * sizeof(float));
+  parallel_for(n, use_threads(n * d, 1 << 15), [&](int64_t j) {
+    std::memcpy(out + j * d, x + int64_t(index[j]) * d, size_t(d) * sizeof(float));
+  });
 }
 
 // Indices may repeat (a token id used twice), so rows are added one after
 // another; each row's columns are split among threads instead.
 void gather_rows_backward(float* dx, const float* dout, const int32_t* index, int64_t n, int64_t d) {
-#pragma omp parallel if (n * d > (1 << 15))
-  {
-    int threads = omp_get_num_threads(), t = omp_get_thread_num();
-    int64_t lo = d * t / threads, hi = d * (t + 1) / threads;
+  parallel_ranges(d, use_threads(n * d, 1 << 15), [&](int64_t lo, int64_t hi) {
     for (int64_t j = 0; j < n; j++) {
       float* dst = dx + int64_t(index[j]) * d;
       const float* src = dout + j * d;
       for (int64_t i = lo; i < hi; i++) dst[i] += src[i];
     }
-  }
+  });
 }
 
 }  // namespace cpu

@@ -10,8 +10,7 @@ namespace st {
 namespace cpu {
 
 void softmax_forward(float* out, const float* x, int64_t rows, int64_t n) {
-#pragma omp parallel for schedule(static) if (rows * n > (1 << 14))
-  for (int64_t r = 0; r < rows; r++) {
+  parallel_for(rows, use_threads(rows * n, 1 << 14), [&](int64_t r) {
     const float* xr = x + r * n;
     float* yr = out + r * n;
     float m = -std::numeric_limits<float>::infinity();
@@ -21,24 +20,22 @@ void softmax_forward(float* out, const float* x, int64_t rows, int64_t n) {
     for (int64_t i = 0; i < n; i++) s += (yr[i] = vexp(xr[i] - m));
     float inv = 1.0f / s;
     for (int64_t i = 0; i < n; i++) yr[i] *= inv;
-  }
+  });
 }
 
 // dx = y * (g - sum_j g_j y_j)
 void softmax_backward(float* dx, const float* dout, const float* out, int64_t rows, int64_t n) {
-#pragma omp parallel for schedule(static) if (rows * n > (1 << 14))
-  for (int64_t r = 0; r < rows; r++) {
+  parallel_for(rows, use_threads(rows * n, 1 << 14), [&](int64_t r) {
     const float* g = dout + r * n;
     const float* y = out + r * n;
     float dot = 0.0f;
     for (int64_t i = 0; i < n; i++) dot += g[i] * y[i];
     for (int64_t i = 0; i < n; i++) dx[r * n + i] += y[i] * (g[i] - dot);
-  }
+  });
 }
 
 void log_softmax_forward(float* out, const float* x, int64_t rows, int64_t n) {
-#pragma omp parallel for schedule(static) if (rows * n > (1 << 14))
-  for (int64_t r = 0; r < rows; r++) {
+  parallel_for(rows, use_threads(rows * n, 1 << 14), [&](int64_t r) {
     const float* xr = x + r * n;
     float m = -std::numeric_limits<float>::infinity();
     for (int64_t i = 0; i < n; i++) m = std::max(m, xr[i]);
@@ -47,18 +44,17 @@ void log_softmax_forward(float* out, const float* x, int64_t rows, int64_t n) {
     for (int64_t i = 0; i < n; i++) s += vexp(xr[i] - m);
     float lse = m + std::log(s);
     for (int64_t i = 0; i < n; i++) out[r * n + i] = xr[i] - lse;
-  }
+  });
 }
 
 // dx = g - softmax * sum_j g_j, with softmax = exp(out)
 void log_softmax_backward(float* dx, const float* dout, const float* out, int64_t rows, int64_t n) {
-#pragma omp parallel for schedule(static) if (rows * n > (1 << 14))
-  for (int64_t r = 0; r < rows; r++) {
+  parallel_for(rows, use_threads(rows * n, 1 << 14), [&](int64_t r) {
     const float* g = dout + r * n;
     float gs = 0.0f;
     for (int64_t i = 0; i < n; i++) gs += g[i];
     for (int64_t i = 0; i < n; i++) dx[r * n + i] += g[i] - std::exp(out[r * n + i]) * gs;
-  }
+  });
 }
 
 // Row statistics of the masked softmax: m = max over kept keys (M_j != 0),
@@ -78,8 +74,7 @@ static inline void masked_row_stats(const float* a, const float* M, int Nk, floa
 
 // A_ij = M_j exp(a_ij - m_i) / S_i
 void masked_softmax_forward(float* out, const float* scores, const float* mask, int B, int64_t R, int Nk) {
-#pragma omp parallel for schedule(static) if (int64_t(B) * R * Nk > (1 << 14))
-  for (int64_t row = 0; row < int64_t(B) * R; row++) {
+  parallel_for(int64_t(B) * R, use_threads(int64_t(B) * R * Nk, 1 << 14), [&](int64_t row) {
     const float* a = scores + row * Nk;
     const float* M = mask + (row / R) * Nk;
     float* A = out + row * Nk;
@@ -91,7 +86,7 @@ void masked_softmax_forward(float* out, const float* scores, const float* mask, 
       const float e = vexp(a[j] - m);
       A[j] = M[j] != 0.0f ? M[j] * e * inv : 0.0f;
     }
-  }
+  });
 }
 
 // With dot_i = sum_l g_il A_il and e_ij = exp(a_ij - m_i):
@@ -108,8 +103,7 @@ void masked_softmax_forward(float* out, const float* scores, const float* mask, 
 void masked_softmax_backward(float* dscores, float* dmask, const float* dout, const float* out,
                              const float* scores, const float* mask, int B, int64_t R, int Nk) {
   // One thread per example: all R rows of example b add into the same dM[b].
-#pragma omp parallel for schedule(static) if (int64_t(B) * R * Nk > (1 << 14))
-  for (int b = 0; b < B; b++) {
+  parallel_for(B, use_threads(int64_t(B) * R * Nk, 1 << 14), [&](int64_t b) {
     const float* M = mask + int64_t(b) * Nk;
     for (int64_t r = 0; r < R; r++) {
       int64_t row = int64_t(b) * R + r;
@@ -129,7 +123,7 @@ void masked_softmax_backward(float* dscores, float* dmask, const float* dout, co
         }
       }
     }
-  }
+  });
 }
 
 }  // namespace cpu
