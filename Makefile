@@ -21,6 +21,10 @@ OPT      ?= -O3 $(NATIVE)
 CXXFLAGS ?= $(OPT) -g
 CXXFLAGS += -std=c++20 -Wall -Wextra -fopenmp -I. -MMD -MP
 LDFLAGS  += -fopenmp
+# A GPU machine without Debian's -dev packages builds with the headers and
+# libraries that tools/gpu_check.sh pack copied into .device/ (git-ignored).
+CXXFLAGS += $(if $(wildcard .device/include),-isystem .device/include)
+LDFLAGS  += $(if $(wildcard .device/lib),-L.device/lib)
 LDLIBS   += -lz -lm
 
 # --- CUDA: compiled whenever nvcc is found, so a GPU-less CI proves it builds.
@@ -36,7 +40,7 @@ ifneq ($(NVCC),)
   CUDA_SRC  := $(wildcard cuda/*.cu)
   CXXFLAGS  += -DSMARTTRIM_CUDA -I$(CUDA_HOME)/include
   LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas
-  NVCCFLAGS ?= -O3 -std=c++20 -arch=$(CUDA_ARCH) -I. -Xcompiler -Wall,-Wextra,-fopenmp
+  NVCCFLAGS ?= -O3 -std=c++20 -arch=$(CUDA_ARCH) -I. -DSMARTTRIM_CUDA -Xcompiler -Wall,-Wextra,-fopenmp
 else
   CUDA_SRC  :=
   $(info CUDA off (nvcc not found, or NVCC= given): building the CPU engine only)

@@ -1,22 +1,16 @@
 #include "cuda/runtime.h"
 
-#include <cuda_runtime.h>
-
+#include <cstring>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
 
+#include "cuda/check.h"
+#include "cuda/launch.h"
 #include "engine/memory.h"
 
 namespace st::cuda {
 namespace {
-
-void check(cudaError_t status, const char* call, const char* file, int line) {
-  if (status != cudaSuccess)
-    throw DeviceError(std::string(call) + " failed at " + file + ":" + std::to_string(line) + ": " +
-                      cudaGetErrorString(status));
-}
-#define CUDA_CHECK(call) check((call), #call, __FILE__, __LINE__)
 
 // cudaMalloc synchronises the device and is slow: freed blocks are kept in
 // the same size classes as host memory and reused.
@@ -29,6 +23,8 @@ DeviceCache& cache() {
   static DeviceCache* c = new DeviceCache;
   return *c;
 }
+
+Math g_math = Math::TF32;
 
 }  // namespace
 
@@ -46,6 +42,37 @@ std::string device_name(int i) {
   CUDA_CHECK(cudaGetDeviceProperties(&prop, i));
   return prop.name;
 }
+
+// One stream for every kernel, cuBLAS call and copy, so they run in the
+// order the host issued them. It is a blocking stream: it also waits for
+// work on the legacy default stream, and that stream for it.
+cudaStream_t stream() {
+  static cudaStream_t s = [] {
+    if (device_count() == 0) throw DeviceError("a CUDA kernel was requested but no GPU is available");
+    cudaStream_t created;
+    CUDA_CHECK(cudaStreamCreate(&created));
+    return created;
+  }();
+  return s;
+}
+
+cublasHandle_t cublas() {
+  static cublasHandle_t h = [] {
+    cublasHandle_t created;
+    CUBLAS_CHECK(cublasCreate(&created));
+    CUBLAS_CHECK(cublasSetStream(created, stream()));
+    CUBLAS_CHECK(cublasSetMathMode(created, g_math == Math::TF32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    return created;
+  }();
+  return h;
+}
+
+void set_math(Math m) {
+  g_math = m;
+  if (device_count() > 0)
+    CUBLAS_CHECK(cublasSetMathMode(cublas(), m == Math::TF32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+}
+Math math() { return g_math; }
 
 void* device_alloc(size_t bytes) {
   size_t cls = memory::size_class(bytes);
@@ -66,6 +93,8 @@ void* device_alloc(size_t bytes) {
   return ptr;
 }
 
+// A freed block may still be read by a queued kernel; that is safe because
+// every later use of the block is queued on the same stream behind it.
 void device_free(void* ptr, size_t bytes) {
   if (!ptr) return;
   size_t cls = memory::size_class(bytes);
@@ -77,10 +106,21 @@ void device_free(void* ptr, size_t bytes) {
 }
 
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) {
-  cudaMemcpyKind kind = dst_device == Device::CPU ? (src_device == Device::CPU ? cudaMemcpyHostToHost : cudaMemcpyDeviceToHost)
-                                                  : (src_device == Device::CPU ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToDevice);
-  CUDA_CHECK(cudaMemcpy(dst, src, bytes, kind));
+  if (dst_device == Device::CPU && src_device == Device::CPU) {
+    std::memcpy(dst, src, bytes);
+    return;
+  }
+  cudaMemcpyKind kind = dst_device == Device::CPU ? cudaMemcpyDeviceToHost
+                        : src_device == Device::CPU ? cudaMemcpyHostToDevice
+                                                    : cudaMemcpyDeviceToDevice;
+  CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, stream()));
+  // The host may read (or free) its side as soon as this returns.
+  if (kind != cudaMemcpyDeviceToDevice) CUDA_CHECK(cudaStreamSynchronize(stream()));
 }
+
+void fill_zero(void* ptr, size_t bytes) { CUDA_CHECK(cudaMemsetAsync(ptr, 0, bytes, stream())); }
+
+void synchronize() { CUDA_CHECK(cudaStreamSynchronize(stream())); }
 
 MemoryStats memory_stats() {
   DeviceCache& c = cache();

@@ -3,25 +3,37 @@
 #include <cmath>
 
 #include "engine/error.h"
+#include "engine/kernels.h"
 #include "engine/parallel.h"
 
 namespace st {
+
+namespace cpu {
+// Per element, with bias corrections c1 = 1 - beta1^t, c2 = 1 - beta2^t:
+//   p -= lr * wd * p                      (decoupled decay, before the moment step)
+//   m = beta1 m + (1 - beta1) g,  v = beta2 v + (1 - beta2) g^2
+//   p -= lr * (m / c1) / (sqrt(v / c2) + eps)
+void adamw_update(float* w, float* m, float* v, const float* g, int64_t n, float lr, float decay, float beta1,
+                  float beta2, float c1, float c2, float eps) {
+  simd_for(n, use_threads(n, 1 << 16), [&](int64_t i) {
+    m[i] = beta1 * m[i] + (1.0f - beta1) * g[i];
+    v[i] = beta2 * v[i] + (1.0f - beta2) * g[i] * g[i];
+    w[i] = w[i] * decay - lr * (m[i] / c1) / (std::sqrt(v[i] / c2) + eps);
+  });
+}
+}  // namespace cpu
 
 AdamW::AdamW(std::vector<ParamGroup> groups, AdamWConfig config) : groups_(std::move(groups)), config_(config) {
   for (const ParamGroup& g : groups_)
     for (const Tensor& p : g.params) {
       if (!p.defined() || !p.requires_grad() || !p.is_leaf())
         throw ArgumentError("AdamW: group '" + g.name + "' holds a tensor that is not a trainable leaf");
-      if (p.device() != Device::CPU) throw DeviceError("AdamW: no kernel for device " + std::string(name(p.device())));
-      m_.push_back(Tensor::zeros(p.shape()));
-      v_.push_back(Tensor::zeros(p.shape()));
+      m_.push_back(Tensor::zeros(p.shape(), DType::F32, p.device()));
+      v_.push_back(Tensor::zeros(p.shape(), DType::F32, p.device()));
     }
 }
 
-// Per element, with bias corrections c1 = 1 - beta1^t, c2 = 1 - beta2^t:
-//   p -= lr * wd * p                      (decoupled decay, before the moment step)
-//   m = beta1 m + (1 - beta1) g,  v = beta2 v + (1 - beta2) g^2
-//   p -= lr * (m / c1) / (sqrt(v / c2) + eps)
+// One step of every parameter that has a gradient (cpu::adamw_update).
 void AdamW::step(float lr_scale) {
   step_++;
   const float b1 = config_.beta1, b2 = config_.beta2;
@@ -35,14 +47,8 @@ void AdamW::step(float lr_scale) {
       float* v = v_[slot].data();
       slot++;
       if (!grad.defined()) continue;
-      float* w = p.data();
-      const float* gr = grad.data();
-      int64_t n = p.numel();
-      simd_for(n, use_threads(n, 1 << 16), [&](int64_t i) {
-        m[i] = b1 * m[i] + (1.0f - b1) * gr[i];
-        v[i] = b2 * v[i] + (1.0f - b2) * gr[i] * gr[i];
-        w[i] = w[i] * decay - lr * (m[i] / c1) / (std::sqrt(v[i] / c2) + config_.eps);
-      });
+      ST_KERNEL(p.device(), adamw_update)(p.data(), m, v, grad.data(), p.numel(), lr, decay, b1, b2, c1, c2,
+                                          config_.eps);
     }
   }
 }
@@ -65,7 +71,9 @@ float clip_grad_norm(const std::vector<Tensor>& params, float max_norm) {
   for (const Tensor& p : params) {
     Tensor g = p.grad();
     if (!g.defined()) continue;
-    const float* d = g.data();
+    // A GPU gradient is summed on the host, one copy per tensor: correct, not yet fast.
+    const std::vector<float> host = g.device() == Device::CPU ? std::vector<float>() : g.to_vector();
+    const float* d = g.device() == Device::CPU ? g.data() : host.data();
     for (int64_t i = 0, n = g.numel(); i < n; i++) sq += double(d[i]) * d[i];
   }
   float norm = float(std::sqrt(sq));
@@ -74,8 +82,7 @@ float clip_grad_norm(const std::vector<Tensor>& params, float max_norm) {
     for (const Tensor& p : params) {
       Tensor g = p.grad();
       if (!g.defined()) continue;
-      float* d = g.data();
-      for (int64_t i = 0, n = g.numel(); i < n; i++) d[i] *= scale;
+      ST_KERNEL(g.device(), scale_shift_forward)(g.data(), g.data(), scale, 0.0f, g.numel());  // in place
     }
   }
   return norm;

@@ -63,8 +63,13 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
 }
 
 Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {
-  if (device != Device::CPU) return zeros(shape, dtype).to(device);
   Tensor t = empty(shape, dtype, device);
+#ifdef SMARTTRIM_CUDA
+  if (device == Device::CUDA) {
+    cuda::fill_zero(t.impl_->storage->data, t.impl_->storage->bytes);
+    return t;
+  }
+#endif
   std::memset(t.impl_->storage->data, 0, t.impl_->storage->bytes);
   return t;
 }

@@ -20,6 +20,10 @@ struct NamedParams {
   void add(const std::string& name, Tensor& t) { list.emplace_back(name, &t); }
 };
 
+// Moves every parameter to `device`, still a trainable leaf where it was one.
+// They become new tensors: do this before handing them to an optimizer.
+void move_parameters(const NamedParams& params, Device device);
+
 // What a forward pass needs besides its inputs.
 struct Context {
   bool training = false;  // dropout on

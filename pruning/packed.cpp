@@ -9,6 +9,7 @@
 
 #include "engine/error.h"
 #include "engine/gemm.h"
+#include "engine/kernels.h"
 #include "engine/parallel.h"
 #include "engine/ops/vector_math.h"
 
@@ -113,19 +114,6 @@ void project(const float* x, int64_t rows, int64_t d, const float* W, const floa
   });
 }
 
-void softmax_rows(float* s, int64_t rows, int64_t cols) {
-  for (int64_t r = 0; r < rows; r++) {
-    float* row = s + r * cols;
-    float m = row[0];
-    for (int64_t j = 1; j < cols; j++) m = std::max(m, row[j]);
-    float sum = 0;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < cols; j++) sum += row[j] = cpu::vexp(row[j] - m);
-    const float inv = 1.0f / sum;
-    for (int64_t j = 0; j < cols; j++) row[j] *= inv;
-  }
-}
-
 // For each head h, the packed rows of the examples that keep it, in order,
 // so one GEMM per head covers every example.   [H] -> row indices
 std::vector<std::vector<int32_t>> rows_per_head(const Segments& s, const Tensor& head_keep, int64_t H) {
@@ -204,17 +192,9 @@ Tensor packed_attention(const Attention& attention, const Tensor& x, const Segme
     for (int64_t h = 0; h < H; h++)
       if (keeps(b, h)) jobs.push_back({b, h});
   Tensor ctx = Tensor::empty({qs.total(), d});
-  parallel_jobs(int64_t(jobs.size()), worth_threads, [&](int64_t j) {
-    const auto [b, h] = jobs[size_t(j)];
-    const int64_t n = qs.rows(b), m = ks.rows(b), qr = qs.at[size_t(b)], kr = ks.at[size_t(b)];
-    thread_local std::vector<float> scores;
-    scores.resize(size_t(n * m));
-    sgemm(false, true, int(n), int(m), int(k), 1.0f, q.data() + qr * d + h * k, int(d), kk.data() + kr * d + h * k,
-          int(d), 0.0f, scores.data(), int(m));  // (n, m) = Q_h K_h^T
-    softmax_rows(scores.data(), n, m);
-    sgemm(false, false, int(n), int(k), int(m), 1.0f, scores.data(), int(m), v.data() + kr * d + h * k, int(d), 0.0f,
-          ctx.data() + qr * d + h * k, int(d));  // (n, k) = A V_h
-  });
+  const std::vector<int32_t> q_at(qs.at.begin(), qs.at.end()), k_at(ks.at.begin(), ks.at.end());
+  cpu::packed_attention_forward(ctx.data(), q.data(), kk.data(), v.data(), q_at.data(), k_at.data(),
+                                every_head ? nullptr : head_keep.data(), int(B), int(H), int(k));
   for (const auto& [b, h] : jobs) flops[size_t(b)] += 4.0 * double(qs.rows(b)) * double(ks.rows(b)) * double(k);
 
   // --- output projection

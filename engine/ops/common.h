@@ -1,5 +1,5 @@
 // Shared by the op files: argument checks that name the op and the shapes,
-// the kernel dispatch seam, and small shape helpers.
+// and small shape helpers. The kernel dispatch (ST_KERNEL) is in engine/kernels.h.
 #pragma once
 #include <string>
 
@@ -34,15 +34,6 @@ inline void require_i32(const char* op, const Tensor& t, const char* role) {
   if (t.dtype() != DType::I32)
     throw ArgumentError(std::string(op) + ": " + role + " must be i32, got " + t.describe());
 }
-
-// The dispatch seam: the kernel of `name` for a device. The CUDA backend
-// provides st::cuda::<name> with the same signature; until an op has one,
-// asking for it on the GPU is a DeviceError, not a crash.
-inline void require_kernel(Device d, const char* kernel) {
-  if (d != Device::CPU)
-    throw DeviceError(std::string(kernel) + ": no kernel for device " + name(d) + " yet");
-}
-#define ST_KERNEL(device, name) (::st::require_kernel((device), #name), ::st::cpu::name)
 
 // Normalises a possibly negative axis against a rank.
 inline int resolve_axis(const char* op, int axis, int rank) {

@@ -3,7 +3,7 @@
 #include <cmath>
 
 #include "engine/ops/common.h"
-#include "engine/ops/vector_math.h"
+#include "engine/ops/elementwise_math.h"
 
 namespace st {
 namespace cpu {
@@ -25,16 +25,6 @@ static inline void outer_offsets(const Broadcast& g, int64_t o, int64_t& off_a, 
   }
 }
 
-static inline float apply(Binary op, float a, float b) {
-  switch (op) {
-    case Binary::Add: return a + b;
-    case Binary::Sub: return a - b;
-    case Binary::Mul: return a * b;
-    case Binary::Div: return a / b;
-  }
-  return 0.0f;
-}
-
 void binary_forward(Binary op, float* out, const float* a, const float* b, const Broadcast& g) {
   int64_t inner = g.rank ? g.size[g.rank - 1] : 1;
   int64_t sa = g.rank ? g.stride_a[g.rank - 1] : 0, sb = g.rank ? g.stride_b[g.rank - 1] : 0;
@@ -47,16 +37,6 @@ void binary_forward(Binary op, float* out, const float* a, const float* b, const
     const float* pb = b + off_b;
     for (int64_t i = 0; i < inner; i++) y[i] = apply(op, pa[i * sa], pb[i * sb]);
   });
-}
-
-// d(a op b)/da and /db times the upstream gradient.
-static inline void partials(Binary op, float a, float b, float g, float& ga, float& gb) {
-  switch (op) {
-    case Binary::Add: ga = g, gb = g; break;
-    case Binary::Sub: ga = g, gb = -g; break;
-    case Binary::Mul: ga = g * b, gb = g * a; break;
-    case Binary::Div: ga = g / b, gb = -g * a / (b * b); break;
-  }
 }
 
 void binary_backward(Binary op, float* da, float* db, const float* dout, const float* a, const float* b,
@@ -91,45 +71,6 @@ void scale_shift_forward(float* out, const float* x, float scale, float shift, i
 
 void scale_backward(float* dx, const float* dout, float scale, int64_t n) {
   simd_for(n, use_threads(n, 1 << 16), [=](int64_t i) { dx[i] += scale * dout[i]; });
-}
-
-static constexpr float kInvSqrt2Pi = 0.39894228040143268f;
-
-static inline float sigmoidf(float x) { return 1.0f / (1.0f + vexp(-x)); }
-
-static inline float unary(Unary op, float x) {
-  switch (op) {
-    case Unary::Exp: return vexp(x);
-    case Unary::Log: return std::log(x);
-    case Unary::Tanh: return std::tanh(x);
-    case Unary::Sigmoid: return sigmoidf(x);
-    case Unary::Gelu: return gelu_of(x);
-    case Unary::QuickGelu: return x * sigmoidf(1.702f * x);
-    case Unary::Silu: return x * sigmoidf(x);
-    case Unary::Relu: return x > 0.0f ? x : 0.0f;
-  }
-  return 0.0f;
-}
-
-// dy/dx, given x and y = f(x) (whichever is cheaper to use).
-static inline float unary_derivative(Unary op, float x, float y) {
-  switch (op) {
-    case Unary::Exp: return y;
-    case Unary::Log: return 1.0f / x;
-    case Unary::Tanh: return 1.0f - y * y;
-    case Unary::Sigmoid: return y * (1.0f - y);
-    case Unary::Gelu: return 0.5f * (1.0f + verf(x * kInvSqrt2)) + x * kInvSqrt2Pi * vexp(-0.5f * x * x);
-    case Unary::QuickGelu: {
-      float s = sigmoidf(1.702f * x);
-      return s + 1.702f * x * s * (1.0f - s);
-    }
-    case Unary::Silu: {
-      float s = sigmoidf(x);
-      return s + x * s * (1.0f - s);
-    }
-    case Unary::Relu: return x > 0.0f ? 1.0f : 0.0f;
-  }
-  return 0.0f;
 }
 
 // One loop per op, so the op is a constant inside it and the loop vectorises

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "engine/gemm.h"
+#include "engine/ops/bicubic.h"
 #include "engine/ops/common.h"
 
 namespace st {
@@ -45,30 +46,12 @@ void patches_to_image_add(float* dimage, const float* dpatches, int B, int C, in
   });
 }
 
-// Keys' cubic convolution kernel with a = -0.75 (PyTorch's bicubic):
-// weights of the 4 taps at distances 1+t, t, 1-t, 2-t.
-static void cubic_weights(float t, float w[4]) {
-  const float a = -0.75f;
-  auto near = [a](float x) { return ((a + 2.0f) * x - (a + 3.0f)) * x * x + 1.0f; };          // |x| <= 1
-  auto far = [a](float x) { return ((a * x - 5.0f * a) * x + 8.0f * a) * x - 4.0f * a; };  // 1 < |x| < 2
-  w[0] = far(t + 1.0f);
-  w[1] = near(t);
-  w[2] = near(1.0f - t);
-  w[3] = far(2.0f - t);
-}
-
 // One axis of the resize: for each output position, 4 clamped source
-// indices and their weights. align_corners=False: src = (dst + 0.5) * in/out - 0.5.
+// indices and their weights (engine/ops/bicubic.h).
 static void resize_taps(int in, int out, std::vector<int>& idx, std::vector<float>& wts) {
   idx.resize(size_t(out) * 4);
   wts.resize(size_t(out) * 4);
-  float scale = float(in) / float(out);
-  for (int o = 0; o < out; o++) {
-    float src = (float(o) + 0.5f) * scale - 0.5f;
-    float f = std::floor(src);
-    cubic_weights(src - f, &wts[size_t(o) * 4]);
-    for (int k = 0; k < 4; k++) idx[size_t(o) * 4 + size_t(k)] = std::clamp(int(f) - 1 + k, 0, in - 1);
-  }
+  for (int o = 0; o < out; o++) bicubic_taps(in, out, o, &idx[size_t(o) * 4], &wts[size_t(o) * 4]);
 }
 
 // grid (H, W, C) -> out (out_h, out_w, C): along W first, then along H.
@@ -108,24 +91,25 @@ Tensor patch_embed(const Tensor& image, const Tensor& weight) {
       weight.dim(2) == 0 || image.dim(2) % weight.dim(2) != 0 || image.dim(3) % weight.dim(2) != 0)
     shape_error(op, "expects image (B, C, H, W) and weight (D, C, p, p) with p dividing H and W, got image " +
                         to_string(image.shape()) + " and weight " + to_string(weight.shape()));
-  require_kernel(dev, op);
   int B = int(image.dim(0)), C = int(image.dim(1)), H = int(image.dim(2)), W = int(image.dim(3));
   int D = int(weight.dim(0)), p = int(weight.dim(2));
   int P = (H / p) * (W / p), cols = C * p * p;
-  Tensor patches = Tensor::empty({int64_t(B) * P, cols});
-  cpu::patches_from_image(patches.data(), image.data(), B, C, H, W, p);
-  Tensor out = Tensor::empty({B, P, D});
+  Tensor patches = Tensor::empty({int64_t(B) * P, cols}, DType::F32, dev);
+  ST_KERNEL(dev, patches_from_image)(patches.data(), image.data(), B, C, H, W, p);
+  Tensor out = Tensor::empty({B, P, D}, DType::F32, dev);
   // out (B*P, D) = patches (B*P, cols) @ weight^T (cols, D)
-  sgemm(false, true, B * P, D, cols, 1.0f, patches.data(), cols, weight.data(), cols, 0.0f, out.data(), D);
+  ST_KERNEL(dev, gemm)(false, true, B * P, D, cols, 1.0f, patches.data(), cols, weight.data(), cols, 0.0f,
+                       out.data(), D);
   if (needs_grad({&image, &weight})) {
-    record(op, out, [image, weight, patches, B, C, H, W, D, p, P, cols](const Tensor& dout) {
+    record(op, out, [dev, image, weight, patches, B, C, H, W, D, p, P, cols](const Tensor& dout) {
       if (weight.requires_grad())  // dW (D, cols) += dout^T (D, B*P) @ patches (B*P, cols)
-        sgemm(true, false, D, cols, B * P, 1.0f, dout.data(), D, patches.data(), cols, 1.0f,
+        ST_KERNEL(dev, gemm)(true, false, D, cols, B * P, 1.0f, dout.data(), D, patches.data(), cols, 1.0f,
               grad_buffer(weight).data(), cols);
       if (image.requires_grad()) {  // dpatches (B*P, cols) = dout (B*P, D) @ W (D, cols), then fold back
-        Tensor dpatches = Tensor::empty({int64_t(B) * P, cols});
-        sgemm(false, false, B * P, cols, D, 1.0f, dout.data(), D, weight.data(), cols, 0.0f, dpatches.data(), cols);
-        cpu::patches_to_image_add(grad_buffer(image).data(), dpatches.data(), B, C, H, W, p);
+        Tensor dpatches = Tensor::empty({int64_t(B) * P, cols}, DType::F32, dev);
+        ST_KERNEL(dev, gemm)(false, false, B * P, cols, D, 1.0f, dout.data(), D, weight.data(), cols, 0.0f,
+                             dpatches.data(), cols);
+        ST_KERNEL(dev, patches_to_image_add)(grad_buffer(image).data(), dpatches.data(), B, C, H, W, p);
       }
     });
   }

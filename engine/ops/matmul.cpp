@@ -1,4 +1,4 @@
-// Matrix products on top of the blocked GEMM (engine/gemm.h).
+// Matrix products on top of the GEMM kernel (engine/gemm.h on the CPU, cuBLAS on the GPU).
 //
 // For C = op(A) op(B) the gradients are again GEMMs, written here with the
 // transpose flags rather than with copies:
@@ -9,6 +9,17 @@
 
 namespace st {
 namespace cpu {
+
+void gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb,
+          float beta, float* C, int ldc) {
+  sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void gemm_batched(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, int64_t stride_a,
+                  const float* B, int ldb, int64_t stride_b, float beta, float* C, int ldc, int64_t stride_c,
+                  int batch) {
+  sgemm_batched(ta, tb, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C, ldc, stride_c, batch);
+}
 
 void add_bias_rows(float* y, const float* bias, int64_t rows, int n) {
   parallel_for(rows, use_threads(rows * n, 1 << 15), [&](int64_t r) {
@@ -36,15 +47,15 @@ struct Product {
 
 // C[i] (+)= op(A[i]) op(B[i]) for every batch entry; `beta` 1 accumulates.
 // A shared output (stride_c == 0) must not be written by parallel entries.
-void gemm_batch(bool ta, bool tb, int M, int N, int K, const float* A, int64_t sa, const float* B, int64_t sb,
-                float beta, float* C, int64_t sc, int batch) {
+void gemm_batch(Device dev, bool ta, bool tb, int M, int N, int K, const float* A, int64_t sa, const float* B,
+                int64_t sb, float beta, float* C, int64_t sc, int batch) {
   int lda = ta ? M : K, ldb = tb ? K : N;
   if (sc == 0) {
     for (int i = 0; i < batch; i++)
-      sgemm(ta, tb, M, N, K, 1.0f, A + i * sa, lda, B + i * sb, ldb, i == 0 ? beta : 1.0f, C, N);
+      ST_KERNEL(dev, gemm)(ta, tb, M, N, K, 1.0f, A + i * sa, lda, B + i * sb, ldb, i == 0 ? beta : 1.0f, C, N);
     return;
   }
-  sgemm_batched(ta, tb, M, N, K, 1.0f, A, lda, sa, B, ldb, sb, beta, C, N, sc, batch);
+  ST_KERNEL(dev, gemm_batched)(ta, tb, M, N, K, 1.0f, A, lda, sa, B, ldb, sb, beta, C, N, sc, batch);
 }
 
 }  // namespace
@@ -85,22 +96,21 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool ta, bool tb) {
   int rows_m = int(ta ? a.dim(-1) : a.dim(-2));
   out_shape.push_back(rows_m);
   out_shape.push_back(p.N);
-  require_kernel(dev, "matmul");
   Tensor out = Tensor::empty(out_shape, DType::F32, dev);
   int64_t sc = int64_t(p.M) * p.N;
-  gemm_batch(ta, tb, p.M, p.N, p.K, a.data(), p.stride_a, b.data(), p.stride_b, 0.0f, out.data(), sc, p.batch);
+  gemm_batch(dev, ta, tb, p.M, p.N, p.K, a.data(), p.stride_a, b.data(), p.stride_b, 0.0f, out.data(), sc, p.batch);
   if (needs_grad({&a, &b})) {
-    record(op, out, [a, b, p, sc](const Tensor& dout) {
+    record(op, out, [dev, a, b, p, sc](const Tensor& dout) {
       const float* dC = dout.data();
       if (a.requires_grad()) {
         float* dA = grad_buffer(a).data();
-        if (!p.ta) gemm_batch(false, !p.tb, p.M, p.K, p.N, dC, sc, b.data(), p.stride_b, 1.0f, dA, p.stride_a, p.batch);
-        else gemm_batch(p.tb, true, p.K, p.M, p.N, b.data(), p.stride_b, dC, sc, 1.0f, dA, p.stride_a, p.batch);
+        if (!p.ta) gemm_batch(dev, false, !p.tb, p.M, p.K, p.N, dC, sc, b.data(), p.stride_b, 1.0f, dA, p.stride_a, p.batch);
+        else gemm_batch(dev, p.tb, true, p.K, p.M, p.N, b.data(), p.stride_b, dC, sc, 1.0f, dA, p.stride_a, p.batch);
       }
       if (b.requires_grad()) {
         float* dB = grad_buffer(b).data();
-        if (!p.tb) gemm_batch(!p.ta, false, p.K, p.N, p.M, a.data(), p.stride_a, dC, sc, 1.0f, dB, p.stride_b, p.batch);
-        else gemm_batch(true, p.ta, p.N, p.K, p.M, dC, sc, a.data(), p.stride_a, 1.0f, dB, p.stride_b, p.batch);
+        if (!p.tb) gemm_batch(dev, !p.ta, false, p.K, p.N, p.M, a.data(), p.stride_a, dC, sc, 1.0f, dB, p.stride_b, p.batch);
+        else gemm_batch(dev, true, p.ta, p.N, p.K, p.M, dC, sc, a.data(), p.stride_a, 1.0f, dB, p.stride_b, p.batch);
       }
     });
   }
@@ -117,21 +127,23 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
     shape_error(op, "x " + to_string(x.shape()) + " needs weight (out, " + (x.rank() ? std::to_string(x.dim(-1)) : "?") +
                         ") and bias (out), got weight " + to_string(w.shape()) + " and bias " +
                         (b.defined() ? to_string(b.shape()) : "none"));
-  require_kernel(dev, "linear");
   int in = int(w.dim(1)), n_out = int(w.dim(0));
   int64_t rows = rows_of(x);
   Shape out_shape = x.shape();
   out_shape.back() = n_out;
   Tensor y = Tensor::empty(out_shape, DType::F32, dev);
-  sgemm(false, true, int(rows), n_out, in, 1.0f, x.data(), in, w.data(), in, 0.0f, y.data(), n_out);
-  if (b.defined()) cpu::add_bias_rows(y.data(), b.data(), rows, n_out);
+  ST_KERNEL(dev, gemm)(false, true, int(rows), n_out, in, 1.0f, x.data(), in, w.data(), in, 0.0f, y.data(), n_out);
+  if (b.defined()) ST_KERNEL(dev, add_bias_rows)(y.data(), b.data(), rows, n_out);
   if (needs_grad({&x, &w, &b})) {
-    record(op, y, [x, w, b, rows, in, n_out](const Tensor& dy) {
+    record(op, y, [dev, x, w, b, rows, in, n_out](const Tensor& dy) {
       if (x.requires_grad())  // dx (rows, in) += dy (rows, out) @ w (out, in)
-        sgemm(false, false, int(rows), in, n_out, 1.0f, dy.data(), n_out, w.data(), in, 1.0f, grad_buffer(x).data(), in);
+        ST_KERNEL(dev, gemm)(false, false, int(rows), in, n_out, 1.0f, dy.data(), n_out, w.data(), in, 1.0f,
+                             grad_buffer(x).data(), in);
       if (w.requires_grad())  // dw (out, in) += dy^T (out, rows) @ x (rows, in)
-        sgemm(true, false, n_out, in, int(rows), 1.0f, dy.data(), n_out, x.data(), in, 1.0f, grad_buffer(w).data(), in);
-      if (b.defined() && b.requires_grad()) cpu::sum_columns_add(grad_buffer(b).data(), dy.data(), rows, n_out);
+        ST_KERNEL(dev, gemm)(true, false, n_out, in, int(rows), 1.0f, dy.data(), n_out, x.data(), in, 1.0f,
+                             grad_buffer(w).data(), in);
+      if (b.defined() && b.requires_grad())
+        ST_KERNEL(dev, sum_columns_add)(grad_buffer(b).data(), dy.data(), rows, n_out);
     });
   }
   return y;

@@ -9,6 +9,8 @@
 #pragma once
 #include <cmath>
 
+#include "engine/host_device.h"
+
 #if defined(__x86_64__) && defined(__GLIBC__) && defined(_OPENMP) && !defined(__clang__)
 #if __GLIBC_PREREQ(2, 35)
 #pragma omp declare simd notinbranch
@@ -22,7 +24,7 @@ namespace st::cpu {
 inline float vexp(float x) { return ::expf(x); }
 inline float verf(float x) { return ::erff(x); }
 // GELU in its exact form, x Phi(x) = 0.5 x (1 + erf(x / sqrt 2)); the gelu op
-// and the fused loops of the packed path share it.
+// on both devices and the fused loops of the packed path share it.
 inline constexpr float kInvSqrt2 = 0.70710678118654752f;
-inline float gelu_of(float x) { return 0.5f * x * (1.0f + verf(x * kInvSqrt2)); }
+ST_HOST_DEVICE inline float gelu_of(float x) { return 0.5f * x * (1.0f + erff(x * kInvSqrt2)); }
 }  // namespace st::cpu
