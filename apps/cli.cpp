@@ -10,6 +10,9 @@
 #include <filesystem>
 
 #include "engine/error.h"
+#ifdef SMARTTRIM_CUDA
+#include "cuda/runtime.h"
+#endif
 
 namespace st::cli {
 
@@ -237,6 +240,23 @@ void make_directories(const std::string& path) {
   std::error_code ec;
   std::filesystem::create_directories(path, ec);
   if (ec || !std::filesystem::is_directory(path)) throw Error("cannot create the directory '" + path + "': " + ec.message());
+}
+
+void add_device_option(Args& args) {
+  args.option("device", "cpu|cuda", "where the model runs", "cpu");
+}
+
+Device device_of(const Args& args) {
+  const std::string name = args.text("device");
+  if (name == "cpu") return Device::CPU;
+  if (name != "cuda") args.fail("--device must be cpu or cuda, got '" + name + "'");
+#ifdef SMARTTRIM_CUDA
+  if (cuda::device_count() == 0)
+    throw DeviceError("--device cuda: no GPU is available on this machine (smarttrim devices lists what there is)");
+  return Device::CUDA;
+#else
+  throw DeviceError("--device cuda: this build has no CUDA backend (nvcc was not found at build time)");
+#endif
 }
 
 }  // namespace st::cli

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "engine/tensor.h"
+
 namespace st::cli {
 
 // A wrong command line: main prints the message and the command's usage, and exits 2.
@@ -116,5 +118,11 @@ bool interrupted();
 
 // Creates a directory and its parents; st::Error naming it when that fails.
 void make_directories(const std::string& path);
+
+// --device: "cpu" or "cuda" (UsageError otherwise). Asking for cuda in a
+// build without the CUDA backend, or on a machine without a GPU, is a
+// DeviceError that says which.
+void add_device_option(Args& args);
+Device device_of(const Args& args);
 
 }  // namespace st::cli

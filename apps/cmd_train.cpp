@@ -150,9 +150,11 @@ int train_command(int argc, char** argv) {
   args.flag("no-distill", "SmartTrim: no self-distillation");
   args.option("trimmer-lr-mult", "X", "SmartTrim: the trimmers' learning rate is lr times this", "10");
   args.option("checkpoint-every", "N", "steps between checkpoints (0: only at the end)", "500");
+  cli::add_device_option(args);
   if (!args.parse(argc, argv, 2)) return 0;
 
   const std::string out = args.text("out");
+  const Device device = cli::device_of(args);  // before anything is read or written
   // From here on, Ctrl-C is a request: the loop below saves a checkpoint and
   // exits 130 (also when it comes during the setup, before the first step).
   cli::catch_interrupts();
@@ -182,6 +184,7 @@ int train_command(int argc, char** argv) {
     trainer = std::make_unique<SmartTrimTrainer>(std::move(model), options_of(args, train.task, config.trim.enabled),
                                                  seed * 7919 + 17);
   }
+  trainer->move_to(device);
   const MeterConfig& config = trainer->model().config();
 
   data::AnswerVocab answers;
@@ -217,11 +220,11 @@ int train_command(int argc, char** argv) {
     start["config"] = nlohmann::ordered_json::parse(config.to_json());
     log.write(start.dump());
   }
-  std::printf("train: %s, %lld examples, %s model%s, %lld parameters, steps %lld..%lld, batch %d\n",
+  std::printf("train: %s, %lld examples, %s model%s, %lld parameters, steps %lld..%lld, batch %d, on %s\n",
               task_name(train.task), (long long)train.size(), config.trim.enabled ? "SmartTrim" : "full-capacity",
               config.trim.enabled ? (" (target " + std::to_string(trainer->options().curriculum.goal).substr(0, 5) + ")").c_str() : "",
               (long long)trainer->model().parameter_count(), (long long)trainer->step_count(),
-              (long long)trainer->options().total_steps, lo.batch_size);
+              (long long)trainer->options().total_steps, lo.batch_size, name(device));
   if (train.missing_images() > 0)
     std::printf("train: %lld examples have a missing image and will be skipped\n", (long long)train.missing_images());
 

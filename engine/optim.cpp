@@ -53,6 +53,11 @@ void AdamW::step(float lr_scale) {
   }
 }
 
+void AdamW::move_to(Device device) {
+  for (Tensor& m : m_) m.move_to(device);
+  for (Tensor& v : v_) v.move_to(device);
+}
+
 void AdamW::zero_grad() {
   for (ParamGroup& g : groups_)
     for (Tensor& p : g.params) p.zero_grad();

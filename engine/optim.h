@@ -33,6 +33,8 @@ class AdamW {
   std::vector<Tensor>& first_moments() { return m_; }
   std::vector<Tensor>& second_moments() { return v_; }
   void set_steps(int64_t s) { step_ = s; }
+  // Moves the moments to `device` in place, to follow parameters moved there.
+  void move_to(Device device);
 
  private:
   std::vector<ParamGroup> groups_;

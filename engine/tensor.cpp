@@ -205,6 +205,26 @@ Tensor Tensor::to(Device target) const {
   return out;
 }
 
+void Tensor::move_to(Device target) {
+  if (device() == target) return;
+  Tensor moved = to(target);
+  impl_->storage = moved.impl_->storage;
+  if (impl_->grad.defined()) impl_->grad.move_to(target);
+}
+
+void Tensor::copy_from(const Tensor& src) {
+  if (src.shape() != shape() || src.dtype() != dtype())
+    throw ArgumentError("copy_from: " + src.describe() + " into " + describe() + " (shape and dtype must match)");
+  if (nbytes() == 0) return;
+  if (device() == Device::CPU && src.device() == Device::CPU) {
+    std::memcpy(impl_->storage->data, src.impl_->storage->data, nbytes());
+    return;
+  }
+#ifdef SMARTTRIM_CUDA
+  cuda::copy_bytes(impl_->storage->data, device(), src.impl_->storage->data, src.device(), nbytes());
+#endif
+}
+
 Tensor Tensor::clone() const {
   Tensor out = empty(shape(), dtype(), device());
   if (device() == Device::CPU) {

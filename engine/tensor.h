@@ -76,6 +76,12 @@ class Tensor {
   float item() const;                      // the one value of a 1-element f32 tensor
   Tensor to(Device device) const;          // a copy on another device (or this tensor)
   Tensor clone() const;                    // a copy that shares nothing, not recorded for autograd
+  // Moves the buffer to another device in place: every handle that shares
+  // this tensor (a model's and an optimizer's) sees the move. Its gradient
+  // moves with it.
+  void move_to(Device device);
+  // Copies src's values into this buffer (same shape and dtype; any two devices).
+  void copy_from(const Tensor& src);
 
   // --- autograd
   bool requires_grad() const;

@@ -14,11 +14,7 @@ Linear::Linear(int in, int out, Rng& rng, float stddev)
     : weight(parameter({out, in}, rng, stddev)), bias(Tensor::zeros({out}).set_requires_grad()) {}
 
 void move_parameters(const NamedParams& params, Device device) {
-  for (const auto& [name, t] : params.list) {
-    const bool trainable = t->requires_grad();
-    *t = t->to(device);
-    if (trainable) t->set_requires_grad();
-  }
+  for (const auto& [name, t] : params.list) t->move_to(device);
 }
 
 void Linear::name(NamedParams& p, const std::string& prefix) {

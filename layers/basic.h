@@ -20,8 +20,8 @@ struct NamedParams {
   void add(const std::string& name, Tensor& t) { list.emplace_back(name, &t); }
 };
 
-// Moves every parameter to `device`, still a trainable leaf where it was one.
-// They become new tensors: do this before handing them to an optimizer.
+// Moves every parameter to `device` in place (Tensor::move_to), so an
+// optimizer already holding them keeps working; move its state too (AdamW::move_to).
 void move_parameters(const NamedParams& params, Device device);
 
 // What a forward pass needs besides its inputs.

@@ -223,7 +223,7 @@ int Meter::load(const weights::WeightsFile& file, Trimmers trimmers) {
       continue;
     }
     Tensor values = file.get(name);
-    std::memcpy(tensor->raw_data(), values.raw_data(), values.nbytes());
+    tensor->copy_from(values);
   }
   return kept_initial;
 }

@@ -105,8 +105,13 @@ class SmartTrimTrainer {
   // A freshly initialised model from config and model_seed.
   SmartTrimTrainer(const MeterConfig& config, const TrainOptions& options, uint64_t model_seed, uint64_t seed);
 
-  // One training step on batch; the step count advances by one.
+  // One training step on batch (on any device: it is copied to the model's);
+  // the step count advances by one.
   StepLog step(const TrainBatch& batch);
+  // Moves the model's parameters and the optimizer's state to `device`; the
+  // steps that follow run there. Checkpoints are the same files on any device.
+  void move_to(Device device);
+  Device device() const { return device_; }
 
   // Weights, AdamW's moments and step count, the Rng, the step and the
   // options (metadata "smarttrim_train", JSON) in one checkpoint file.
@@ -138,6 +143,7 @@ class SmartTrimTrainer {
   AdamW optimizer_;
   Rng rng_;
   int64_t step_ = 0;
+  Device device_ = Device::CPU;
 };
 
 // The options as JSON text and back (the checkpoint's "smarttrim_train"

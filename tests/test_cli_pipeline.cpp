@@ -243,6 +243,29 @@ TEST_CASE("cli pipeline: bad arguments exit 2 with the usage; bad inputs exit 1 
   CHECK(target.output.find("--target needs a model with trimmers") != std::string::npos);
 }
 
+TEST_CASE("cli pipeline: --device cuda trains on a GPU, and without one says so and writes nothing") {
+  Pipeline& p = pipeline();
+  const std::string out = p.dir / "on_cuda";
+  const std::string args = "train --config configs/demo-fashion.json --steps 2 --checkpoint-every 0 --device cuda" +
+                           p.common + " --out " + out;
+  const bool gpu = smarttrim("devices").output.find("cuda:0") != std::string::npos;
+  CommandResult r = smarttrim(args);
+  INFO(r.output);
+  if (gpu) {
+    CHECK(r.status == 0);
+    CHECK(r.output.find("on cuda") != std::string::npos);
+    CHECK(std::filesystem::exists(out + "/model.st"));
+  } else {
+    CHECK(r.status == 1);
+    CHECK((r.output.find("no GPU is available") != std::string::npos ||
+           r.output.find("no CUDA backend") != std::string::npos));
+    CHECK(!std::filesystem::exists(out));
+  }
+  CommandResult bad = smarttrim("train --device tpu --config configs/demo-fashion.json" + p.common + " --out " + out);
+  CHECK(bad.status == 2);
+  CHECK(bad.output.find("--device must be cpu or cuda") != std::string::npos);
+}
+
 TEST_CASE("cli pipeline: an unreadable image is skipped and counted, not fatal") {
   Pipeline& p = pipeline();
   REQUIRE(p.trained_full.status == 0);

@@ -10,6 +10,7 @@
 #ifdef SMARTTRIM_CUDA
 #include <doctest/doctest.h>
 
+#include <filesystem>
 #include <functional>
 #include <string>
 #include <vector>
@@ -18,6 +19,7 @@
 #include "engine/ops.h"
 #include "engine/optim.h"
 #include "layers/meter.h"
+#include "pruning/train.h"
 #include "tests/compare.h"
 #include "tests/meter_batch.h"
 
@@ -280,6 +282,33 @@ TEST_CASE("cuda: two identical training steps give the same bits" * doctest::ski
     }
   }
   CHECK(losses[0] == losses[1]);
+}
+
+TEST_CASE("cuda: SmartTrim training steps follow the CPU's, and a GPU checkpoint resumes on the CPU" *
+          doctest::skip(kNoGpu)) {
+  ExactMath exact;
+  const st::MeterConfig c = st::load_meter_config("configs/meter-tiny-smarttrim.json");
+  st::TrainOptions o;
+  o.task = st::Task::VQA;
+  o.total_steps = 6;
+  o.curriculum.goal = 0.5;
+  st::SmartTrimTrainer cpu(c, o, 3, 4), gpu(c, o, 3, 4);
+  gpu.move_to(Device::CUDA);
+  st::testing::MeterBatch mb = st::testing::make_meter_batch(c, {9, 6, 4, 8}, 9, 5);
+  st::Rng rng(6);
+  const st::TrainBatch batch{mb.ids, mb.mask, mb.image, Tensor(), Tensor::uniform({4, c.vqa_answers}, rng, 0, 1)};
+  for (int step = 0; step < 3; step++) {
+    const st::StepLog want = cpu.step(batch), got = gpu.step(batch);
+    INFO("step " << step);
+    CHECK(got.loss == doctest::Approx(want.loss).epsilon(1e-4));
+    CHECK(got.ratio_mean == doctest::Approx(want.ratio_mean).epsilon(1e-4));
+  }
+  const std::string path = (std::filesystem::temp_directory_path() / "smarttrim_cuda_checkpoint.st").string();
+  gpu.save_checkpoint(path);
+  std::unique_ptr<st::SmartTrimTrainer> resumed = st::SmartTrimTrainer::from_checkpoint(path);
+  std::filesystem::remove(path);
+  CHECK(resumed->device() == Device::CPU);
+  CHECK(resumed->step(batch).loss == doctest::Approx(cpu.step(batch).loss).epsilon(1e-4));
 }
 
 #endif  // SMARTTRIM_CUDA

@@ -196,3 +196,19 @@ TEST_CASE("optim: decay groups, clipping and schedules") {
   CHECK(lr_schedule(35, 10, 110, Decay::Cosine) == doctest::Approx(0.5 * (1 + std::cos(M_PI * 0.25))));
   CHECK(lr_schedule(500, 10, 110, Decay::Constant) == 1.0f);
 }
+
+TEST_CASE("tensor: copy_from copies values between buffers of one shape; move_to its own device changes nothing") {
+  Tensor a = Tensor::from_vector({1, 2, 3, 4, 5, 6}, {2, 3});
+  Tensor b = Tensor::zeros({2, 3});
+  Tensor alias = b;  // a second handle on b's buffer
+  b.copy_from(a);
+  CHECK(alias.to_vector() == a.to_vector());
+  CHECK_THROWS_AS(b.copy_from(Tensor::zeros({3, 2})), st::ArgumentError);
+  CHECK_THROWS_AS(b.copy_from(Tensor::from_ints({1, 2, 3, 4, 5, 6}, {2, 3})), st::ArgumentError);
+  const void* before = b.raw_data();
+  b.move_to(st::Device::CPU);
+  CHECK(b.raw_data() == before);
+#ifndef SMARTTRIM_CUDA
+  CHECK_THROWS_AS(b.move_to(st::Device::CUDA), st::DeviceError);
+#endif
+}

@@ -185,7 +185,7 @@ TrainingState load(const std::string& path, const NamedTensors& params, AdamW& o
 
   for (auto& [name, dest] : targets) {
     Tensor values = file.get(name);
-    std::memcpy(dest.raw_data(), values.raw_data(), values.nbytes());
+    dest.copy_from(values);
   }
   opt.set_steps(info.optimizer_steps);
   return info.state;
