@@ -6,7 +6,12 @@
 // (bench/torch_meter_bench.py, with as many threads as OpenMP gives us) and
 // the ratio is printed. Dropout is off in both, so both do the same work.
 //
-//   build/bench_meter [--json FILE] [--reps N] [--no-torch]
+// --device cuda runs both on the GPU (GEMMs in TF32, PyTorch too), adds a
+// METER-base training step at batch 32 with the config's 384 x 384 images,
+// and reports the GPU's peak memory instead of host allocations. The Python
+// is $SMARTTRIM_PYTHON (default /usr/bin/python3, Debian's torch).
+//
+//   build/bench_meter [--json FILE] [--reps N] [--no-torch] [--device cpu|cuda]
 #include <omp.h>
 
 #include <algorithm>
@@ -22,6 +27,9 @@
 #include "engine/memory.h"
 #include "engine/optim.h"
 #include "layers/meter.h"
+#ifdef SMARTTRIM_CUDA
+#include "cuda/runtime.h"
+#endif
 
 namespace {
 
@@ -31,10 +39,26 @@ struct Result {
   std::string key;    // shared with the PyTorch side's output
   std::string label;
   double seconds;     // median
-  double gflop;       // per run
-  uint64_t system_allocs;
+  double gflop;       // per run (CPU GEMMs only: 0 on the GPU)
+  uint64_t system_allocs;  // host; on the GPU, the device's peak bytes in use
   double torch_seconds = 0;  // 0: not measured
 };
+
+st::Device g_device = st::Device::CPU;
+
+// Waits for the GPU's queued work, so a run's time includes it.
+void finish_queued_work() {
+#ifdef SMARTTRIM_CUDA
+  if (g_device == st::Device::CUDA) st::cuda::synchronize();
+#endif
+}
+
+uint64_t allocation_figure() {
+#ifdef SMARTTRIM_CUDA
+  if (g_device == st::Device::CUDA) return st::cuda::memory_stats().peak;
+#endif
+  return st::memory::host_stats().system_allocs;
+}
 
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -44,17 +68,20 @@ double now_s() {
 Result measure(const std::string& key, const std::string& label, int reps, const std::function<void()>& run) {
   run();
   run();
+  finish_queued_work();
   std::vector<double> times;
-  uint64_t allocs_before = st::memory::host_stats().system_allocs;
+  uint64_t allocs_before = allocation_figure();
   st::sgemm_reset_flops();
   for (int i = 0; i < reps; i++) {
     double t0 = now_s();
     run();
+    finish_queued_work();
     times.push_back(now_s() - t0);
   }
   double gflop = double(st::sgemm_flops()) / reps / 1e9;
   std::sort(times.begin(), times.end());
-  return {key, label, times[times.size() / 2], gflop, st::memory::host_stats().system_allocs - allocs_before};
+  const uint64_t allocs = g_device == st::Device::CPU ? allocation_figure() - allocs_before : allocation_figure();
+  return {key, label, times[times.size() / 2], gflop, allocs};
 }
 
 struct Inputs {
@@ -67,8 +94,35 @@ Inputs make_inputs(const st::MeterConfig& c, int batch, int text_len, uint64_t s
   std::vector<float> mask(ids.size(), 1.0f);
   Tensor u = Tensor::uniform({int64_t(ids.size())}, rng, 0.0f, 1.0f);
   for (size_t i = 0; i < ids.size(); i++) ids[i] = 3 + int32_t(u.data()[i] * float(c.vocab_size - 4));
-  return {Tensor::from_ints(ids, {batch, text_len}), Tensor::from_vector(mask, {batch, text_len}),
-          Tensor::randn({batch, 3, c.vit_image_size, c.vit_image_size}, rng)};
+  return {Tensor::from_ints(ids, {batch, text_len}).to(g_device), Tensor::from_vector(mask, {batch, text_len}).to(g_device),
+          Tensor::randn({batch, 3, c.vit_image_size, c.vit_image_size}, rng).to(g_device)};
+}
+
+// forward, VQA loss, backward, clipping, AdamW on `model` (already on g_device)
+Result train_step(const std::string& config_name, int batch, int text_len, int reps, int image_size = 0) {
+  st::MeterConfig c = st::load_meter_config("configs/" + config_name + ".json");
+  if (image_size > 0) c.vit_image_size = image_size;
+  st::Meter model(c, 1);
+  st::move_parameters(model.params(), g_device);
+  std::vector<std::pair<std::string, Tensor>> named;
+  for (const auto& [name, t] : model.params().list) named.emplace_back(name, *t);
+  st::AdamW opt(st::decay_groups(named, 1e-4f, 0.01f));
+  std::vector<Tensor> params;
+  for (const auto& [name, t] : named) params.push_back(t);
+  Inputs in = make_inputs(c, batch, text_len, 2);
+  Tensor targets = Tensor::full({batch, c.vqa_answers}, 0.1f, g_device);
+  st::Context no_dropout;
+  return measure(config_name + " train step",
+                 config_name + " train step, batch " + std::to_string(batch) + ", text " + std::to_string(text_len) +
+                     ", image " + std::to_string(c.vit_image_size),
+                 reps, [&] {
+                   st::MeterFeatures f = model.forward(in.ids, in.mask, in.image, no_dropout);
+                   Tensor loss = st::vqa_loss(model.vqa_logits(f.cls), targets);
+                   loss.backward();
+                   st::clip_grad_norm(params, 1.0f);
+                   opt.step();
+                   opt.zero_grad();
+                 });
 }
 
 }  // namespace
@@ -81,38 +135,33 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
     else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::max(1, std::atoi(argv[++i]));
     else if (!std::strcmp(argv[i], "--no-torch")) with_torch = false;
-    else {
-      std::fprintf(stderr, "usage: bench_meter [--json FILE] [--reps N] [--no-torch]\n");
+    else if (!std::strcmp(argv[i], "--device") && i + 1 < argc && !std::strcmp(argv[i + 1], "cpu")) i++;
+    else if (!std::strcmp(argv[i], "--device") && i + 1 < argc && !std::strcmp(argv[i + 1], "cuda")) {
+      g_device = st::Device::CUDA;
+      i++;
+    } else {
+      std::fprintf(stderr, "usage: bench_meter [--json FILE] [--reps N] [--no-torch] [--device cpu|cuda]\n");
       return 2;
     }
   }
+#ifdef SMARTTRIM_CUDA
+  if (g_device == st::Device::CUDA && st::cuda::device_count() == 0) {
+    std::fprintf(stderr, "bench_meter: --device cuda: no GPU is available on this machine\n");
+    return 1;
+  }
+#else
+  if (g_device == st::Device::CUDA) {
+    std::fprintf(stderr, "bench_meter: --device cuda: this build has no CUDA backend\n");
+    return 1;
+  }
+#endif
   std::vector<Result> results;
   try {
-    {  // METER-tiny: forward, VQA loss, backward, clipping, AdamW
-      st::MeterConfig c = st::load_meter_config("configs/meter-tiny.json");
-      st::Meter model(c, 1);
-      std::vector<std::pair<std::string, Tensor>> named;
-      for (const auto& [name, t] : model.params().list) named.emplace_back(name, *t);
-      st::AdamW opt(st::decay_groups(named, 1e-4f, 0.01f));
-      std::vector<Tensor> params;
-      for (const auto& [name, t] : named) params.push_back(t);
-      Inputs in = make_inputs(c, 32, 16, 2);
-      Tensor targets = Tensor::full({32, c.vqa_answers}, 0.1f);
-      st::Context no_dropout;
-      results.push_back(measure("meter-tiny train step",
-                                "meter-tiny train step, batch 32, text 16, image " + std::to_string(c.vit_image_size),
-                                reps, [&] {
-                                  st::MeterFeatures f = model.forward(in.ids, in.mask, in.image, no_dropout);
-                                  Tensor loss = st::vqa_loss(model.vqa_logits(f.cls), targets);
-                                  loss.backward();
-                                  st::clip_grad_norm(params, 1.0f);
-                                  opt.step();
-                                  opt.zero_grad();
-                                }));
-    }
+    results.push_back(train_step("meter-tiny", 32, 16, reps));
     {  // METER-base: inference forward of one example
       st::MeterConfig c = st::load_meter_config("configs/meter-base.json");
       st::Meter model(c, 1);
+      st::move_parameters(model.params(), g_device);
       Inputs in = make_inputs(c, 1, 40, 4);
       st::Context eval;
       results.push_back(measure("meter-base forward",
@@ -123,14 +172,17 @@ int main(int argc, char** argv) {
                                   model.vqa_logits(f.cls);
                                 }));
     }
+    if (g_device == st::Device::CUDA) results.push_back(train_step("meter-base", 32, 40, reps, 384));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_meter: %s\n", e.what());
     return 1;
   }
 
   if (with_torch) {
-    const std::string cmd = "/usr/bin/python3 bench/torch_meter_bench.py " + std::to_string(reps) + " " +
-                            std::to_string(omp_get_max_threads());
+    const char* python = std::getenv("SMARTTRIM_PYTHON");
+    const std::string cmd = std::string(python ? python : "/usr/bin/python3") + " bench/torch_meter_bench.py " +
+                            std::to_string(reps) + " " + std::to_string(omp_get_max_threads()) + " " +
+                            st::name(g_device);
     FILE* pipe = ::popen(cmd.c_str(), "r");
     char line[512];
     while (pipe && std::fgets(line, sizeof line, pipe)) {
@@ -145,12 +197,16 @@ int main(int argc, char** argv) {
     if (!pipe || ::pclose(pipe) != 0) std::fprintf(stderr, "bench_meter: the PyTorch side failed (%s)\n", cmd.c_str());
   }
 
-  std::printf("%d threads, median of %d runs\n", omp_get_max_threads(), reps);
+  if (g_device == st::Device::CUDA)
+    std::printf("on the GPU (TF32 GEMMs on both sides), median of %d runs; \"allocs\" is the GPU's peak MiB in use\n", reps);
+  else
+    std::printf("%d threads, median of %d runs\n", omp_get_max_threads(), reps);
   std::printf("%-52s %9s %8s %8s %7s %10s %7s\n", "run", "ours ms", "GFLOP", "GFLOP/s", "allocs", "torch ms",
               "ratio");
   for (const Result& r : results) {
+    const uint64_t allocs = g_device == st::Device::CUDA ? r.system_allocs >> 20 : r.system_allocs;
     std::printf("%-52s %9.1f %8.2f %8.1f %7llu", r.label.c_str(), r.seconds * 1e3, r.gflop, r.gflop / r.seconds,
-                static_cast<unsigned long long>(r.system_allocs));
+                static_cast<unsigned long long>(allocs));
     if (r.torch_seconds > 0) std::printf(" %10.1f %6.2fx\n", r.torch_seconds * 1e3, r.torch_seconds / r.seconds);
     else std::printf(" %10s %7s\n", "-", "-");
   }

@@ -6,7 +6,8 @@
 #                                 takes from Debian (doctest, nlohmann/json, stb,
 #                                 zlib) into .device/, for a GPU machine without them
 #   tools/gpu_check.sh run DIR    there: build, test, time; the log is DIR/gpu_check.log
-#                                 (device, date, commit, commands and their output)
+#                                 (device, date, commit, commands and their output),
+#                                 bench_meter's JSON DIR/bench_meter_cuda.json
 #
 # Only the CUDA suites run there: the rest need Debian's python3-torch, and
 # they run on every CPU machine anyway.
@@ -33,11 +34,14 @@ run() {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | sed 's/^/device: /'
     echo "nvcc:   $(nvcc --version | tail -n 1)"
     echo
-    echo "\$ make -j$(nproc) build/smarttrim build/unit_tests"
+    echo "\$ make -j$(nproc) build/smarttrim build/unit_tests build/bench_meter"
   } > "$log"
-  make -j"$(nproc)" build/smarttrim build/unit_tests >> "$log" 2>&1 || { echo "build failed" >> "$log"; return 1; }
+  make -j"$(nproc)" build/smarttrim build/unit_tests build/bench_meter >> "$log" 2>&1 || { echo "build failed" >> "$log"; return 1; }
   local status=0
-  for cmd in "build/smarttrim devices" "build/unit_tests --test-case=cuda*"; do
+  # the GPU machine's Python has PyTorch; Debian's /usr/bin/python3 may not be there
+  export SMARTTRIM_PYTHON=${SMARTTRIM_PYTHON:-python3}
+  for cmd in "build/smarttrim devices" "build/unit_tests --test-case=cuda*" \
+             "build/bench_meter --device cuda --reps 3 --json $out/bench_meter_cuda.json"; do
     echo -e "\n\$ $cmd" >> "$log"
     $cmd >> "$log" 2>&1 || status=1
   done
