@@ -4,6 +4,7 @@
 
 #include "engine/error.h"
 #include "engine/kernels.h"
+#include "engine/ops.h"
 #include "engine/parallel.h"
 
 namespace st {
@@ -73,14 +74,20 @@ std::vector<ParamGroup> decay_groups(const std::vector<std::pair<std::string, Te
 
 float clip_grad_norm(const std::vector<Tensor>& params, float max_norm) {
   double sq = 0.0;
+  Tensor device_sq;  // GPU gradients: their squares summed on the GPU, read back once
   for (const Tensor& p : params) {
     Tensor g = p.grad();
     if (!g.defined()) continue;
-    // A GPU gradient is summed on the host, one copy per tensor: correct, not yet fast.
-    const std::vector<float> host = g.device() == Device::CPU ? std::vector<float>() : g.to_vector();
-    const float* d = g.device() == Device::CPU ? g.data() : host.data();
+    if (g.device() != Device::CPU) {
+      NoGrad no_grad;
+      Tensor s = sum_all(g * g);
+      device_sq = device_sq.defined() ? device_sq + s : s;
+      continue;
+    }
+    const float* d = g.data();
     for (int64_t i = 0, n = g.numel(); i < n; i++) sq += double(d[i]) * d[i];
   }
+  if (device_sq.defined()) sq += double(device_sq.item());
   float norm = float(std::sqrt(sq));
   if (norm > max_norm && norm > 0.0f) {
     float scale = max_norm / (norm + 1e-6f);
