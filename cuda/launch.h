@@ -2,6 +2,7 @@
 // every kernel uses, launch sizes, and the block-wide reductions.
 #pragma once
 #include <cstdint>
+#include <string>
 
 #include "cuda/check.h"
 
@@ -23,6 +24,12 @@ constexpr int kThreads = 256;  // threads per block of the element-wise kernels
 inline unsigned blocks_for(int64_t n, int threads = kThreads) {
   const int64_t blocks = (n + threads - 1) / threads;
   return unsigned(blocks < 1 ? 1 : blocks > 65535 * 8 ? 65535 * 8 : blocks);
+}
+
+// One block per row: rows must fit the grid's x dimension.
+inline unsigned row_blocks(int64_t rows) {
+  if (rows > 2147483647) throw DeviceError("a row kernel was given " + std::to_string(rows) + " rows (at most 2^31 - 1)");
+  return unsigned(rows);
 }
 
 #ifdef __CUDACC__
@@ -61,6 +68,20 @@ __device__ inline float block_max(float v) {
   __syncthreads();
   v = lane < warps ? partial[lane] : -INFINITY;
   return warp_max(v);
+}
+
+// block_sum in double, for the reductions whose CPU twins add in double
+// (whole-tensor sums, the losses): terms that nearly cancel stay accurate.
+__device__ inline double block_sum_double(double v) {
+  __shared__ double partial[32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  __syncthreads();
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  v = lane < warps ? partial[lane] : 0.0;
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
 }
 #endif
 

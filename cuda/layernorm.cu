@@ -64,7 +64,7 @@ __global__ void layernorm_dparams_kernel(float* dweight, float* dbias, const flo
 void layernorm_forward(float* out, float* mean, float* rstd, const float* x, const float* weight, const float* bias,
                        int64_t rows, int n, float eps) {
   if (rows == 0 || n == 0) return;
-  layernorm_kernel<<<unsigned(rows), kRowThreads, 0, stream()>>>(out, mean, rstd, x, weight, bias, n, eps);
+  layernorm_kernel<<<row_blocks(rows), kRowThreads, 0, stream()>>>(out, mean, rstd, x, weight, bias, n, eps);
   CUDA_CHECK_LAUNCH("layernorm_kernel");
 }
 
@@ -72,7 +72,7 @@ void layernorm_backward(float* dx, float* dweight, float* dbias, const float* do
                         const float* weight, const float* mean, const float* rstd, int64_t rows, int n) {
   if (rows == 0 || n == 0) return;
   if (dx) {
-    layernorm_dx_kernel<<<unsigned(rows), kRowThreads, 0, stream()>>>(dx, dout, x, weight, mean, rstd, n);
+    layernorm_dx_kernel<<<row_blocks(rows), kRowThreads, 0, stream()>>>(dx, dout, x, weight, mean, rstd, n);
     CUDA_CHECK_LAUNCH("layernorm_dx_kernel");
   }
   if (dweight || dbias) {

@@ -1,5 +1,5 @@
 // Losses. Each forward writes one value: a single block adds every term
-// (each thread in double, then the block in float), in a fixed order. The
+// in double (as the CPU does), in a fixed order. The
 // backward passes are element-wise. Reductions match engine/ops/loss.cpp.
 #include "cuda/launch.h"
 #include "engine/kernels.h"
@@ -14,8 +14,8 @@ template <class Term>
 __global__ void sum_terms_kernel(float* out, int64_t n, double scale, Term term) {
   double partial = 0.0;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) partial += term(i);
-  const float total = block_sum(float(partial));
-  if (threadIdx.x == 0) *out = float(double(total) * scale);
+  const double total = block_sum_double(partial);
+  if (threadIdx.x == 0) *out = float(total * scale);
 }
 
 template <class Term>

@@ -10,13 +10,13 @@ namespace {
 constexpr int kRowThreads = 256;
 
 // out[r] = scale * sum_i x[r, i]: one block per row. Each thread adds in
-// double (a whole-tensor sum is one long row), the block in float.
+// double (a whole-tensor sum is one long row), and so does the block.
 __global__ void sum_rows_kernel(float* out, const float* x, int64_t n, float scale) {
   const float* xr = x + int64_t(blockIdx.x) * n;
   double partial = 0.0;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) partial += xr[i];
-  const float total = block_sum(float(partial));
-  if (threadIdx.x == 0) out[blockIdx.x] = float(double(total) * scale);
+  const double total = block_sum_double(partial);
+  if (threadIdx.x == 0) out[blockIdx.x] = float(total * scale);
 }
 
 __global__ void sum_rows_backward_kernel(float* dx, const float* dout, int64_t rows, int64_t n, float scale) {
@@ -70,7 +70,7 @@ __global__ void masked_mean_dmask_kernel(float* dmask, const float* dout, const 
 
 void sum_rows_forward(float* out, const float* x, int64_t rows, int64_t n, float scale) {
   if (rows == 0) return;
-  sum_rows_kernel<<<unsigned(rows), kRowThreads, 0, stream()>>>(out, x, n, scale);
+  sum_rows_kernel<<<row_blocks(rows), kRowThreads, 0, stream()>>>(out, x, n, scale);
   CUDA_CHECK_LAUNCH("sum_rows_kernel");
 }
 

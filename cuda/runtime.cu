@@ -86,7 +86,16 @@ void* device_alloc(size_t bytes) {
     c.stats.cached -= cls;
   } else {
     if (device_count() == 0) throw DeviceError("a CUDA tensor was requested but no GPU is available");
-    CUDA_CHECK(cudaMalloc(&ptr, cls));
+    if (cudaMalloc(&ptr, cls) != cudaSuccess) {
+      // Out of memory with blocks of other sizes cached: give them back and try once more.
+      cudaGetLastError();
+      CUDA_CHECK(cudaStreamSynchronize(stream()));  // no queued kernel may still use them
+      for (auto& [size, blocks] : c.free_blocks)
+        for (void* block : blocks) CUDA_CHECK(cudaFree(block));
+      c.free_blocks.clear();
+      c.stats.cached = 0;
+      CUDA_CHECK(cudaMalloc(&ptr, cls));
+    }
   }
   c.stats.in_use += cls;
   if (c.stats.in_use > c.stats.peak) c.stats.peak = c.stats.in_use;

@@ -3,6 +3,7 @@
 // block_max and block_sum.
 #include "cuda/launch.h"
 #include "engine/kernels.h"
+#include "engine/ops/masked_softmax_math.h"
 
 namespace st::cuda {
 namespace {
@@ -77,8 +78,8 @@ __global__ void masked_softmax_kernel(float* out, const float* scores, const flo
 
 // Per row, with dot_i = sum_l g_il A_il:
 //   da_ij += A_ij (g_ij - dot_i)
-//   w_ij (g_ij - dot_i) into the scratch row, w as in engine/ops/softmax.cpp
-//   (e_ij / S_i for a kept key, e_ij / (S_i + e_ij) for a dropped one; 0 when no key is kept)
+//   w_ij (g_ij - dot_i) into the scratch row, w from engine/ops/masked_softmax_math.h
+//   (0 when no key is kept)
 __global__ void masked_softmax_backward_rows(float* dscores, float* mask_terms, const float* dout, const float* out,
                                              const float* scores, const float* mask, int64_t R, int Nk) {
   const int64_t row = blockIdx.x;
@@ -94,10 +95,8 @@ __global__ void masked_softmax_backward_rows(float* dscores, float* mask_terms, 
   if (mask_terms) {
     float m, S;
     masked_row_stats(a, M, Nk, m, S);
-    for (int j = threadIdx.x; j < Nk; j += blockDim.x) {
-      const float e = expf(a[j] - m);
-      mask_terms[row * Nk + j] = S == 0.0f ? 0.0f : e / (M[j] != 0.0f ? S : S + e) * (g[j] - dot);
-    }
+    for (int j = threadIdx.x; j < Nk; j += blockDim.x)
+      mask_terms[row * Nk + j] = S == 0.0f ? 0.0f : cpu::mask_gradient_weight(a[j], m, S, M[j]) * (g[j] - dot);
   }
 }
 
@@ -115,31 +114,31 @@ __global__ void sum_mask_terms(float* dmask, const float* mask_terms, int B, int
 
 void softmax_forward(float* out, const float* x, int64_t rows, int64_t n) {
   if (rows * n == 0) return;
-  softmax_kernel<<<unsigned(rows), kRowThreads, 0, stream()>>>(out, x, n);
+  softmax_kernel<<<row_blocks(rows), kRowThreads, 0, stream()>>>(out, x, n);
   CUDA_CHECK_LAUNCH("softmax_kernel");
 }
 
 void softmax_backward(float* dx, const float* dout, const float* out, int64_t rows, int64_t n) {
   if (rows * n == 0) return;
-  softmax_backward_kernel<<<unsigned(rows), kRowThreads, 0, stream()>>>(dx, dout, out, n);
+  softmax_backward_kernel<<<row_blocks(rows), kRowThreads, 0, stream()>>>(dx, dout, out, n);
   CUDA_CHECK_LAUNCH("softmax_backward_kernel");
 }
 
 void log_softmax_forward(float* out, const float* x, int64_t rows, int64_t n) {
   if (rows * n == 0) return;
-  log_softmax_kernel<<<unsigned(rows), kRowThreads, 0, stream()>>>(out, x, n);
+  log_softmax_kernel<<<row_blocks(rows), kRowThreads, 0, stream()>>>(out, x, n);
   CUDA_CHECK_LAUNCH("log_softmax_kernel");
 }
 
 void log_softmax_backward(float* dx, const float* dout, const float* out, int64_t rows, int64_t n) {
   if (rows * n == 0) return;
-  log_softmax_backward_kernel<<<unsigned(rows), kRowThreads, 0, stream()>>>(dx, dout, out, n);
+  log_softmax_backward_kernel<<<row_blocks(rows), kRowThreads, 0, stream()>>>(dx, dout, out, n);
   CUDA_CHECK_LAUNCH("log_softmax_backward_kernel");
 }
 
 void masked_softmax_forward(float* out, const float* scores, const float* mask, int B, int64_t R, int Nk) {
   if (int64_t(B) * R * Nk == 0) return;
-  masked_softmax_kernel<<<unsigned(int64_t(B) * R), kRowThreads, 0, stream()>>>(out, scores, mask, R, Nk);
+  masked_softmax_kernel<<<row_blocks(int64_t(B) * R), kRowThreads, 0, stream()>>>(out, scores, mask, R, Nk);
   CUDA_CHECK_LAUNCH("masked_softmax_kernel");
 }
 
@@ -150,7 +149,7 @@ void masked_softmax_backward(float* dscores, float* dmask, const float* dout, co
   // (B, R, Nk) scratch: each row's share of dM, summed over R afterwards.
   const size_t bytes = dmask ? size_t(rows) * size_t(Nk) * sizeof(float) : 0;
   float* mask_terms = dmask ? static_cast<float*>(device_alloc(bytes)) : nullptr;
-  masked_softmax_backward_rows<<<unsigned(rows), kRowThreads, 0, stream()>>>(dscores, mask_terms, dout, out, scores,
+  masked_softmax_backward_rows<<<row_blocks(rows), kRowThreads, 0, stream()>>>(dscores, mask_terms, dout, out, scores,
                                                                             mask, R, Nk);
   CUDA_CHECK_LAUNCH("masked_softmax_backward_rows");
   if (dmask) {

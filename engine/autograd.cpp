@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "engine/kernels.h"
+
 namespace st {
 namespace {
 thread_local bool g_grad_enabled = true;
@@ -38,8 +40,8 @@ void backward(const Tensor& root) {
     throw ArgumentError("backward: the root does not depend on any tensor that requires grad");
   // d root / d root = 1. A leaf root keeps accumulating like any leaf.
   Tensor& seed = root.impl()->grad;
-  if (seed.defined() && root.device() == Device::CPU) seed.data()[0] += 1.0f;
-  else seed = Tensor::ones(root.shape(), root.device());
+  if (!seed.defined()) seed = Tensor::ones(root.shape(), root.device());
+  else ST_KERNEL(root.device(), scale_shift_forward)(seed.data(), seed.data(), 1.0f, 1.0f, 1);  // += 1, on its device
   // Move the tape out first: a failing closure must not leave a half-run graph behind.
   std::vector<Node> tape = std::move(g_tape);
   g_tape.clear();

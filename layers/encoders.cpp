@@ -53,7 +53,8 @@ Tensor ClipVit::patches(const Tensor& image) const {
 
 Tensor ClipVit::embed(const Tensor& patch_tokens) const {
   const int64_t batch = patch_tokens.dim(0), w = conv1_weight.dim(0);
-  Tensor cls = Tensor::zeros({batch, 1, w}) + reshape(class_embedding, {1, 1, w});  // (B, 1, W)
+  Tensor cls = Tensor::zeros({batch, 1, w}, DType::F32, patch_tokens.device()) +
+               reshape(class_embedding, {1, 1, w});                                 // (B, 1, W)
   Tensor x = concat({cls, patch_tokens}, 1) + positional_embedding;                 // (B, 1+G*G, W)
   return ln_pre.forward(x);
 }

@@ -599,3 +599,16 @@ TEST_CASE("ops: activation kernels on short and long inputs, forward and derivat
     }
   }
 }
+
+TEST_CASE("ops: a dropped key scoring far above the kept ones gets a finite mask gradient, close to g - dot") {
+  // exp(200) overflows float: e / (S + e) would be inf / inf.
+  Tensor scores = Tensor::from_vector({0.0f, 1.0f, 200.0f}, {1, 1, 3}).set_requires_grad();
+  Tensor mask = Tensor::from_vector({1.0f, 1.0f, 0.0f}, {1, 3}).set_requires_grad();
+  Tensor weights = Tensor::from_vector({0.5f, -1.0f, 2.0f}, {1, 1, 3});
+  sum_all(masked_softmax(scores, mask) * weights).backward();
+  const std::vector<float> dm = mask.grad().to_vector();
+  const std::vector<float> A = masked_softmax(detach(scores), mask).to_vector();
+  const double dot = 0.5 * A[0] - 1.0 * A[1];  // the dropped key's weight in the output is 0
+  REQUIRE(std::isfinite(dm[2]));
+  CHECK(dm[2] == doctest::Approx(2.0 - dot).epsilon(1e-6));  // its weight e / (S + e) is 1 to float precision
+}

@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "engine/ops/common.h"
+#include "engine/ops/masked_softmax_math.h"
 #include "engine/ops/vector_math.h"
 
 namespace st {
@@ -118,8 +119,8 @@ void masked_softmax_backward(float* dscores, float* dmask, const float* dout, co
         masked_row_stats(scores + row * Nk, M, Nk, m, S);
         if (S == 0.0f) continue;
         for (int j = 0; j < Nk; j++) {
-          const float e = std::exp(scores[row * Nk + j] - m);
-          dmask[int64_t(b) * Nk + j] += e / (M[j] != 0.0f ? S : S + e) * (g[j] - dot);
+          const float a = scores[row * Nk + j];
+          dmask[int64_t(b) * Nk + j] += mask_gradient_weight(a, m, S, M[j]) * (g[j] - dot);
         }
       }
     }
