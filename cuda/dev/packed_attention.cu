@@ -2,8 +2,8 @@
 // kernel versions, each checked against a simple CPU reference and timed,
 // on a METER-base-like shape and on a tiny one.
 //
-// Build and run from the repository root (it needs no other file of the
-// project to link):
+// Build and run from the repository root (it includes the library's
+// cuda/packed_attention.cu and cuda/dev/common.h, and needs nothing else to link):
 //   nvcc -O3 -arch=sm_90 -I. cuda/dev/packed_attention.cu -o build/dev_packed_attention
 //   ./build/dev_packed_attention        # every version
 //   ./build/dev_packed_attention 2      # version 2 only
@@ -20,8 +20,6 @@
 // Work counted: 4 n m head_dim FLOPs per (example, head) (two GEMMs of
 // 2 n m head_dim); the exps and the softmax bookkeeping are not counted.
 // The fraction printed is of an H100 SXM's ~67 TFLOP/s of FP32 FMA.
-#include <cuda_runtime.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -29,21 +27,9 @@
 #include <random>
 #include <vector>
 
-// Version 2 is the library's kernel itself. It launches on st::cuda::stream(),
-// which the library defines in cuda/runtime.cu; here it is the default stream.
+// Version 2 is the library's kernel itself (cuda/packed_attention.cu).
 #include "cuda/packed_attention.cu"
-namespace st::cuda {
-cudaStream_t stream() { return nullptr; }
-}  // namespace st::cuda
-
-#define CHECK_CUDA(call)                                                                         \
-  do {                                                                                           \
-    cudaError_t err_ = (call);                                                                   \
-    if (err_ != cudaSuccess) {                                                                   \
-      std::fprintf(stderr, "%s failed at %s:%d: %s\n", #call, __FILE__, __LINE__, cudaGetErrorString(err_)); \
-      std::exit(1);                                                                              \
-    }                                                                                            \
-  } while (0)
+#include "cuda/dev/common.h"
 
 // ---------------------------------------------------------------------------
 // CPU reference, in double: ctx[r, h] = softmax(q_r k^T) v for one query row.
@@ -203,23 +189,15 @@ double check_version(const Case& s, const Buffers& p) {
 }
 
 int main(int argc, char** argv) {
-  const int only = argc > 1 ? std::atoi(argv[1]) : 0;  // 0: every version
-  const int repeats = argc > 2 ? std::atoi(argv[2]) : 20;
-  const double kPeak = 67e12;  // H100 SXM FP32
-  int device = 0;
-  cudaDeviceProp prop;
-  CHECK_CUDA(cudaGetDevice(&device));
-  CHECK_CUDA(cudaGetDeviceProperties(&prop, device));
-  std::printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
+  const auto [only, repeats] = dev::parse_args(argc, argv, 2);
+  const double kPeak = dev::kFp32FlopsPerSecond;
+  dev::print_device();
 
   const Case shapes[] = {
       {"METER-base-like", 32, 12, 64, 100, 577},
       {"tiny", 32, 2, 16, 10, 40},
   };
   bool all_ok = true;
-  cudaEvent_t start, stop;
-  CHECK_CUDA(cudaEventCreate(&start));
-  CHECK_CUDA(cudaEventCreate(&stop));
   for (const Case& s : shapes) {
     Buffers p = make_problem(s, 42);
     std::printf("\n%s: B %d, H %d, head_dim %d, lengths %d..%d (%d rows, longest %d), %.3f GFLOP\n", s.name, s.B,
@@ -233,23 +211,14 @@ int main(int argc, char** argv) {
       const double err = check_version(s, p);
       const bool ok = err <= 1e-5;
       all_ok = all_ok && ok;
-      // then time: a few warm-up launches, then `repeats` back to back
-      for (int i = 0; i < 3; i++) run_version(version, s, p);
-      CHECK_CUDA(cudaEventRecord(start));
-      for (int i = 0; i < repeats; i++) run_version(version, s, p);
-      CHECK_CUDA(cudaEventRecord(stop));
-      CHECK_CUDA(cudaEventSynchronize(stop));
-      float ms = 0.0f;
-      CHECK_CUDA(cudaEventElapsedTime(&ms, start, stop));
-      ms /= float(repeats);
+      // then time
+      const float ms = dev::time_ms(repeats, [&] { run_version(version, s, p); });
       const double flops_per_s = p.flops / (double(ms) * 1e-3);
       std::printf("  version %d: %9.4f ms  %8.1f GFLOP/s  %5.2f%% of 67 TFLOP/s  error %.2e %s\n", version, ms,
                   flops_per_s * 1e-9, 100.0 * flops_per_s / kPeak, err, ok ? "ok" : "MISMATCH");
     }
     free_problem(p);
   }
-  CHECK_CUDA(cudaEventDestroy(start));
-  CHECK_CUDA(cudaEventDestroy(stop));
   std::printf("\n%s\n", all_ok ? "all versions match the reference" : "SOME VERSION DOES NOT MATCH");
   return all_ok ? 0 : 1;
 }
