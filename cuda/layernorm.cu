@@ -1,5 +1,6 @@
 // LayerNorm over the last dim: one block per row. Two passes for the
 // variance, as on the CPU (the one-pass formula cancels when |mean| >> std).
+#include "cuda/column_sums.h"
 #include "cuda/launch.h"
 #include "engine/kernels.h"
 
@@ -44,19 +45,20 @@ __global__ void layernorm_dx_kernel(float* dx, const float* dout, const float* x
   }
 }
 
-// dw += sum_rows dy xhat, db += sum_rows dy: one thread per column, rows in order.
-__global__ void layernorm_dparams_kernel(float* dweight, float* dbias, const float* dout, const float* x,
-                                         const float* mean, const float* rstd, int64_t rows, int n) {
-  GRID_STRIDE_LOOP(i, n) {
-    float dw = 0.0f, db = 0.0f;
-    for (int64_t r = 0; r < rows; r++) {
-      const float g = dout[r * n + i];
-      dw += g * (x[r * n + i] - mean[r]) * rstd[r];
-      db += g;
-    }
-    if (dweight) dweight[i] += dw;
-    if (dbias) dbias[i] += db;
+// dw[j] += dy[r, j] xhat[r, j] and db[j] += dy[r, j], for cuda/column_sums.h
+struct LayerNormParamGradients {
+  const float *dout, *x, *mean, *rstd;
+  int n;
+  __device__ void operator()(int64_t r, int64_t j, float* s) const {
+    const float g = dout[r * n + j];
+    s[0] += g * (x[r * n + j] - mean[r]) * rstd[r];
+    s[1] += g;
   }
+};
+
+void layernorm_dparams(float* dweight, float* dbias, const float* dout, const float* x, const float* mean,
+                       const float* rstd, int64_t rows, int n) {
+  column_sums_add<2>({{dweight, dbias}}, rows, n, LayerNormParamGradients{dout, x, mean, rstd, n});
 }
 
 }  // namespace
@@ -75,10 +77,7 @@ void layernorm_backward(float* dx, float* dweight, float* dbias, const float* do
     layernorm_dx_kernel<<<row_blocks(rows), kRowThreads, 0, stream()>>>(dx, dout, x, weight, mean, rstd, n);
     CUDA_CHECK_LAUNCH("layernorm_dx_kernel");
   }
-  if (dweight || dbias) {
-    layernorm_dparams_kernel<<<blocks_for(n), kThreads, 0, stream()>>>(dweight, dbias, dout, x, mean, rstd, rows, n);
-    CUDA_CHECK_LAUNCH("layernorm_dparams_kernel");
-  }
+  if (dweight || dbias) layernorm_dparams(dweight, dbias, dout, x, mean, rstd, rows, n);
 }
 
 }  // namespace st::cuda

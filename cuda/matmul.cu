@@ -6,6 +6,7 @@
 // is computed as the column-major product
 //   C^T = op(B)^T op(A)^T   (N x M),
 // which is cublasSgemm with the operands swapped and the same transpose flags.
+#include "cuda/column_sums.h"
 #include "cuda/launch.h"
 #include "engine/kernels.h"
 
@@ -18,15 +19,12 @@ __global__ void add_bias_rows_kernel(float* y, const float* bias, int64_t rows, 
   GRID_STRIDE_LOOP(i, rows * n) y[i] += bias[i % n];
 }
 
-// One thread per column, adding the rows in order: neighbouring threads read
-// neighbouring addresses, and the sum has the same order on every run.
-__global__ void sum_columns_add_kernel(float* dbias, const float* dy, int64_t rows, int n) {
-  GRID_STRIDE_LOOP(j, n) {
-    float s = 0.0f;
-    for (int64_t r = 0; r < rows; r++) s += dy[r * n + j];
-    dbias[j] += s;
-  }
-}
+// dbias[j] += dy[r, j], for cuda/column_sums.h
+struct BiasGradient {
+  const float* dy;
+  int n;
+  __device__ void operator()(int64_t r, int64_t j, float* s) const { s[0] += dy[r * n + j]; }
+};
 
 }  // namespace
 
@@ -52,8 +50,7 @@ void add_bias_rows(float* y, const float* bias, int64_t rows, int n) {
 
 void sum_columns_add(float* dbias, const float* dy, int64_t rows, int n) {
   if (n == 0) return;
-  sum_columns_add_kernel<<<blocks_for(n), kThreads, 0, stream()>>>(dbias, dy, rows, n);
-  CUDA_CHECK_LAUNCH("sum_columns_add_kernel");
+  column_sums_add<1>({{dbias}}, rows, n, BiasGradient{dy, n});
 }
 
 }  // namespace st::cuda

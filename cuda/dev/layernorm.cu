@@ -23,17 +23,18 @@
 //   1  the library's kernels (cuda/layernorm.cu, included): one block of 128
 //      threads per row, every sum through block_sum (warp shuffles, then
 //      shared memory and two __syncthreads). x is read three times. dw and db:
-//      one thread per column looping over every row, so only n threads (3
-//      blocks at n = 768) walk all rows * n elements: latency-bound.
+//      column sums in two deterministic stages (cuda/column_sums.h: blocks of
+//      about 64 rows into partial sums, then the partials in order), so dy and
+//      x are read once more after dx.
 //   2  one warp (32 threads) per row, 8 rows to a block of 256: the sums are
 //      warp shuffles only, no shared memory and no __syncthreads. For
 //      n <= 1024 the row lives in registers (kPer floats a lane), so x is read
 //      from memory once; when n % 4 == 0 every load and store is a float4
 //      (16 bytes), a quarter of the memory instructions. For n > 1024 a warp
 //      per row re-reads the row each pass (from the cache, mostly).
-//      Backward: dx the same way; dw and db still as version 1.
+//      Backward: dx the same way; dw and db as version 1.
 //   3  forward as version 2. Backward: dx as version 2, fused with the first
-//      stage of a two-stage reduction of dw and db. A block takes a chunk of
+//      stage of the two-stage reduction of dw and db. A block takes a chunk of
 //      rows; each lane adds dy xhat and dy for its own columns over its warp's
 //      rows, in registers; the block adds its 8 warps in shared memory, in warp
 //      order, and writes its partial sums to a scratch buffer (parts, 2, n).
@@ -43,8 +44,8 @@
 //      stage that reads dy and x again.)
 //
 // Timed: rows 32 x 577 (a batch of 32 images' tokens) and 32 x 40 (text), n
-// 768. A backward time includes dw and db, so version 2's is mostly version
-// 1's column loop; version 3 is the one that changes it.
+// 768. A backward time includes dw and db; version 3 is the one that reads
+// dy and x once for both.
 // Work counted: the bytes the op has to move, each once. Forward reads x, w,
 // b and writes out, mean, rstd. Backward reads dy, x, w, mean, rstd and dx
 // (it is +=), writes dx, and reads and writes dw and db. The fraction printed
@@ -511,13 +512,6 @@ void dx_warp(const Problem& p) {
   CHECK_LAUNCH("layernorm_dx_warp");
 }
 
-// Versions 1 and 2's dw and db: the library's kernel, one thread per column.
-void layernorm_dparams_column_loop(const Problem& p) {
-  st::cuda::layernorm_dparams_kernel<<<st::cuda::blocks_for(p.n), st::cuda::kThreads>>>(
-      p.d_dweight, p.d_dbias, p.d_dout, p.d_x, p.d_mean_in, p.d_rstd_in, p.rows, p.n);
-  CHECK_LAUNCH("layernorm_dparams_kernel");
-}
-
 void backward(int version, const Problem& p) {
   if (p.rows == 0 || p.n == 0) return;
   if (version == 1) {  // the library's launcher: dx, then dw and db
@@ -525,9 +519,9 @@ void backward(int version, const Problem& p) {
                                  p.d_rstd_in, p.rows, p.n);
     return;
   }
-  if (version == 2) {
+  if (version == 2) {  // dx a warp a row; dw and db as the library's
     dx_warp(p);
-    layernorm_dparams_column_loop(p);
+    st::cuda::layernorm_dparams(p.d_dweight, p.d_dbias, p.d_dout, p.d_x, p.d_mean_in, p.d_rstd_in, p.rows, p.n);
     return;
   }
   // version 3
