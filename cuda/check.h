@@ -13,9 +13,12 @@
 namespace st::cuda {
 
 inline void check(cudaError_t status, const char* call, const char* file, int line) {
-  if (status != cudaSuccess)
-    throw DeviceError(std::string(call) + " failed at " + file + ":" + std::to_string(line) + ": " +
-                      cudaGetErrorString(status));
+  if (status == cudaSuccess) return;
+  // Clear the runtime's last error, or the next launch check would report this
+  // failure as its own (a sticky error, a fault in a kernel, stays anyway).
+  cudaGetLastError();
+  throw DeviceError(std::string(call) + " failed at " + file + ":" + std::to_string(line) + ": " +
+                    cudaGetErrorString(status));
 }
 
 inline void check(cublasStatus_t status, const char* call, const char* file, int line) {
@@ -30,7 +33,7 @@ inline void check_launch(const char* kernel, const char* file, int line) {
   const cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess)
     throw DeviceError(std::string("launch of ") + kernel + " failed at " + file + ":" + std::to_string(line) + ": " +
-                      cudaGetErrorString(status));
+                    cudaGetErrorString(status));
 }
 
 }  // namespace st::cuda

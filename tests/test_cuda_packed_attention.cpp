@@ -109,7 +109,7 @@ void check_problem(const Problem& p, uint64_t seed) {
           max_ref = std::max(max_ref, std::fabs(double(cpu[i])));
         }
       }
-  INFO("B " << B << ", H " << H << ", head_dim " << hd << (p.mask ? ", masked" : ", every head") << ", Tq " << Tq
+  INFO("B " << B << ", H " << H << ", head_dim " << hd << std::string(p.mask ? ", masked" : ", every head") << ", Tq " << Tq
             << ", Tk " << Tk);
   CHECK(bad_dropped == 0);
   CHECK(bad_zero == 0);
