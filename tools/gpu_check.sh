@@ -4,7 +4,9 @@
 #
 #   tools/gpu_check.sh pack       here: copy the headers and libraries the build
 #                                 takes from Debian (doctest, nlohmann/json, stb,
-#                                 zlib) into .device/, for a GPU machine without them
+#                                 zlib) into .device/ (git-ignored; the Makefile
+#                                 uses it when present), for a GPU machine without
+#                                 them: send .device along with the tree
 #   tools/gpu_check.sh run DIR    there: build, test, time; the log is DIR/gpu_check.log
 #                                 (device, date, commit, commands and their output),
 #                                 bench_meter's JSON DIR/bench_meter_cuda.json
