@@ -141,6 +141,14 @@ std::vector<OpCase> op_cases() {
       {"matmul shared b", {{{3, 7, 9}}, {{9, 5}}}, [](V x) { return st::matmul(x[0], x[1]); }},
       {"matmul a^T shared b", {{{3, 9, 7}}, {{9, 5}}}, [](V x) { return st::matmul(x[0], x[1], true, false); }},
       {"linear", {{{3, 7, 19}}, {{11, 19}}, {{11}}}, [](V x) { return st::linear(x[0], x[1], x[2]); }},
+      // Many rows: the bias and LayerNorm parameter gradients are column sums
+      // in several parts (cuda/column_sums.h; 16448 rows reach its 256-part
+      // limit, with an empty last part). The CPU adds thousands of rows one
+      // after another in float, so the two orders differ by up to ~1e-5.
+      {"linear, many rows", {{{4097, 37}}, {{19, 37}}, {{19}}}, [](V x) { return st::linear(x[0], x[1], x[2]); },
+       1e-4},
+      {"layernorm, many rows", {{{16448, 9}}, {{9}}, {{9}}}, [](V x) { return st::layernorm(x[0], x[1], x[2]); },
+       1e-4},
       {"permute_0213", {{{3, 5, 7, 9}}}, [](V x) { return st::permute_0213(x[0]); }},
       {"split_heads, merge_heads", {{{3, 5, 12}}},
        [](V x) { return st::merge_heads(st::split_heads(x[0], 3) * 1.5f); }},
