@@ -49,18 +49,14 @@ namespace st {
 // The dispatch seam: the kernel of `name` for a device, st::cpu::<name> or
 // st::cuda::<name> (the same signature, from engine/kernel_list.inc). In a
 // build without CUDA, asking for a GPU kernel is a DeviceError, not a crash.
-inline void require_kernel(Device d, const char* kernel) {
-#ifndef SMARTTRIM_CUDA
-  if (d != Device::CPU)
-    throw DeviceError(std::string(kernel) + ": this build has no CUDA backend (nvcc was not found at build time)");
-#else
-  (void)d, (void)kernel;
-#endif
-}
 #ifdef SMARTTRIM_CUDA
 #define ST_KERNEL(device, name) ((device) == ::st::Device::CUDA ? ::st::cuda::name : ::st::cpu::name)
 #else
-#define ST_KERNEL(device, name) (::st::require_kernel((device), #name), ::st::cpu::name)
+inline void require_cpu(Device d, const char* kernel) {
+  if (d != Device::CPU)
+    throw DeviceError(std::string(kernel) + ": this build has no CUDA backend (nvcc was not found at build time)");
+}
+#define ST_KERNEL(device, name) (::st::require_cpu((device), #name), ::st::cpu::name)
 #endif
 
 }  // namespace st

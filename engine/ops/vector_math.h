@@ -22,7 +22,6 @@ extern "C" float erff(float) noexcept;
 
 namespace st::cpu {
 inline float vexp(float x) { return ::expf(x); }
-inline float verf(float x) { return ::erff(x); }
 // GELU in its exact form, x Phi(x) = 0.5 x (1 + erf(x / sqrt 2)); the gelu op
 // on both devices and the fused loops of the packed path share it.
 inline constexpr float kInvSqrt2 = 0.70710678118654752f;
