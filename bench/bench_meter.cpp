@@ -8,7 +8,7 @@
 //
 // --device cuda runs both on the GPU (GEMMs in TF32, PyTorch too), adds a
 // METER-base training step at batch 32 with the config's 384 x 384 images,
-// and reports the GPU's peak memory instead of host allocations. The Python
+// and reports the GPU's peak memory in use (the JSON also has it). The Python
 // is $SMARTTRIM_PYTHON (default /usr/bin/python3, Debian's torch).
 //
 //   build/bench_meter [--json FILE] [--reps N] [--no-torch] [--device cpu|cuda]
@@ -40,7 +40,8 @@ struct Result {
   std::string label;
   double seconds;     // median
   double gflop;       // per run (CPU GEMMs only: 0 on the GPU)
-  uint64_t system_allocs;  // host; on the GPU, the device's peak bytes in use
+  uint64_t system_allocs;    // host allocations during the timed runs
+  uint64_t gpu_peak_bytes;   // the GPU's peak memory in use (0 on the CPU)
   double torch_seconds = 0;  // 0: not measured
 };
 
@@ -53,11 +54,11 @@ void finish_queued_work() {
 #endif
 }
 
-uint64_t allocation_figure() {
+uint64_t gpu_peak_bytes() {
 #ifdef SMARTTRIM_CUDA
   if (g_device == st::Device::CUDA) return st::cuda::memory_stats().peak;
 #endif
-  return st::memory::host_stats().system_allocs;
+  return 0;
 }
 
 double now_s() {
@@ -70,7 +71,7 @@ Result measure(const std::string& key, const std::string& label, int reps, const
   run();
   finish_queued_work();
   std::vector<double> times;
-  uint64_t allocs_before = allocation_figure();
+  uint64_t allocs_before = st::memory::host_stats().system_allocs;
   st::sgemm_reset_flops();
   for (int i = 0; i < reps; i++) {
     double t0 = now_s();
@@ -80,8 +81,8 @@ Result measure(const std::string& key, const std::string& label, int reps, const
   }
   double gflop = double(st::sgemm_flops()) / reps / 1e9;
   std::sort(times.begin(), times.end());
-  const uint64_t allocs = g_device == st::Device::CPU ? allocation_figure() - allocs_before : allocation_figure();
-  return {key, label, times[times.size() / 2], gflop, allocs};
+  return {key, label, times[times.size() / 2], gflop, st::memory::host_stats().system_allocs - allocs_before,
+          gpu_peak_bytes()};
 }
 
 struct Inputs {
@@ -197,16 +198,15 @@ int main(int argc, char** argv) {
     if (!pipe || ::pclose(pipe) != 0) std::fprintf(stderr, "bench_meter: the PyTorch side failed (%s)\n", cmd.c_str());
   }
 
-  if (g_device == st::Device::CUDA)
-    std::printf("on the GPU (TF32 GEMMs on both sides), median of %d runs; \"allocs\" is the GPU's peak MiB in use\n", reps);
-  else
-    std::printf("%d threads, median of %d runs\n", omp_get_max_threads(), reps);
-  std::printf("%-52s %9s %8s %8s %7s %10s %7s\n", "run", "ours ms", "GFLOP", "GFLOP/s", "allocs", "torch ms",
-              "ratio");
+  const bool gpu = g_device == st::Device::CUDA;
+  if (gpu) std::printf("on the GPU (TF32 GEMMs on both sides), median of %d runs\n", reps);
+  else std::printf("%d threads, median of %d runs\n", omp_get_max_threads(), reps);
+  std::printf("%-52s %9s %8s %8s %7s %10s %7s\n", "run", "ours ms", "GFLOP", "GFLOP/s", gpu ? "GPU MiB" : "allocs",
+              "torch ms", "ratio");
   for (const Result& r : results) {
-    const uint64_t allocs = g_device == st::Device::CUDA ? r.system_allocs >> 20 : r.system_allocs;
+    const uint64_t memory = gpu ? r.gpu_peak_bytes >> 20 : r.system_allocs;
     std::printf("%-52s %9.1f %8.2f %8.1f %7llu", r.label.c_str(), r.seconds * 1e3, r.gflop, r.gflop / r.seconds,
-                static_cast<unsigned long long>(allocs));
+                static_cast<unsigned long long>(memory));
     if (r.torch_seconds > 0) std::printf(" %10.1f %6.2fx\n", r.torch_seconds * 1e3, r.torch_seconds / r.seconds);
     else std::printf(" %10s %7s\n", "-", "-");
   }
@@ -219,10 +219,11 @@ int main(int argc, char** argv) {
     std::fprintf(f, "[\n");
     for (size_t i = 0; i < results.size(); i++)
       std::fprintf(f,
-                   "  {\"run\": \"%s\", \"seconds\": %.6f, \"gflop\": %.4f, \"system_allocs\": %llu, "
-                   "\"torch_seconds\": %.6f}%s\n",
-                   results[i].label.c_str(), results[i].seconds, results[i].gflop,
-                   static_cast<unsigned long long>(results[i].system_allocs), results[i].torch_seconds,
+                   "  {\"run\": \"%s\", \"device\": \"%s\", \"seconds\": %.6f, \"gflop\": %.4f, "
+                   "\"system_allocs\": %llu, \"gpu_peak_bytes\": %llu, \"torch_seconds\": %.6f}%s\n",
+                   results[i].label.c_str(), st::name(g_device), results[i].seconds, results[i].gflop,
+                   static_cast<unsigned long long>(results[i].system_allocs),
+                   static_cast<unsigned long long>(results[i].gpu_peak_bytes), results[i].torch_seconds,
                    i + 1 < results.size() ? "," : "");
     std::fprintf(f, "]\n");
     std::fclose(f);
