@@ -8,10 +8,8 @@
 #include <exception>
 
 #include "engine/error.h"
-#include "engine/gemm.h"
 #include "engine/kernels.h"
 #include "engine/parallel.h"
-#include "engine/ops/vector_math.h"
 
 namespace st {
 
@@ -33,18 +31,30 @@ Tensor linear_rows(const Tensor& x, const Linear& lin, const Segments& s, Flops&
   return linear(x, lin.weight, lin.bias);
 }
 
+// Row numbers built on the host (segment offsets, kept rows), as an i32 tensor on `device`.
+Tensor index_on(const std::vector<int32_t>& rows, Device device) {
+  return Tensor::from_ints(rows, {int64_t(rows.size())}).to(device);
+}
+
+Tensor offsets_on(const Segments& s, Device device) {
+  return index_on(std::vector<int32_t>(s.at.begin(), s.at.end()), device);
+}
+
+// (n, d): the listed rows of x (R, d), in order. The packed path builds the
+// lists itself, so they are in range and need no check.
+Tensor take_rows(const Tensor& x, const Tensor& rows) {
+  const int64_t n = rows.numel(), d = x.dim(-1);
+  Tensor out = Tensor::empty({n, d}, DType::F32, x.device());
+  if (n > 0) ST_KERNEL(x.device(), gather_rows_forward)(out.data(), x.data(), rows.ints(), n, d);
+  return out;
+}
+Tensor take_rows(const Tensor& x, const std::vector<int32_t>& rows) { return take_rows(x, index_on(rows, x.device())); }
+
 // (R, d) -> (B, d): the mean of each example's rows.
 Tensor segment_mean(const Tensor& x, const Segments& s) {
   const int64_t d = x.dim(-1);
-  Tensor out = Tensor::zeros({s.examples(), d});
-  const float* in = x.data();
-  for (int64_t b = 0; b < s.examples(); b++) {
-    float* o = out.data() + b * d;
-    for (int64_t r = s.at[size_t(b)]; r < s.at[size_t(b + 1)]; r++)
-      for (int64_t j = 0; j < d; j++) o[j] += in[r * d + j];
-    const float inv = 1.0f / float(std::max<int64_t>(1, s.rows(b)));
-    for (int64_t j = 0; j < d; j++) o[j] *= inv;
-  }
+  Tensor out = Tensor::empty({s.examples(), d}, DType::F32, x.device());
+  ST_KERNEL(x.device(), segment_mean_forward)(out.data(), x.data(), offsets_on(s, x.device()).ints(), s.examples(), d);
   return out;
 }
 
@@ -52,7 +62,7 @@ Tensor segment_mean(const Tensor& x, const Segments& s) {
 Tensor first_rows(const Tensor& x, const Segments& s) {
   std::vector<int32_t> first;
   for (int64_t b = 0; b < s.examples(); b++) first.push_back(int32_t(s.at[size_t(b)]));
-  return gather_rows(x, Tensor::from_ints(first, {s.examples()}));
+  return take_rows(x, first);
 }
 
 // Keeps the rows whose flag is set; returns the new segments. position[r]
@@ -65,7 +75,7 @@ Segments repack(Tensor& x, const Segments& s, const std::vector<float>& keep, st
       if (keep[size_t(r)] != 0.0f) rows.push_back(int32_t(r)), kept_position.push_back(position[size_t(r)]);
     out.at.push_back(int64_t(rows.size()));
   }
-  x = gather_rows(x, Tensor::from_ints(rows, {int64_t(rows.size())}));
+  x = take_rows(x, rows);
   position = std::move(kept_position);
   return out;
 }
@@ -105,43 +115,42 @@ AttentionWeights weights_of(const Attention& a) {
   return w;
 }
 
-// out (rows, ld) columns [c0, c0 + cols) = (x (rows, d) W[c0 .. c0+cols)^T + b) * scale
-void project(const float* x, int64_t rows, int64_t d, const float* W, const float* bias, int64_t c0, int64_t cols,
-             float scale, float* out, int64_t ld) {
-  sgemm(false, true, int(rows), int(cols), int(d), 1.0f, x, int(d), W + c0 * d, int(d), 0.0f, out + c0, int(ld));
-  parallel_for(rows, use_threads(rows * cols, 1 << 16), [&](int64_t r) {
-    for (int64_t j = 0; j < cols; j++) out[r * ld + c0 + j] = (out[r * ld + c0 + j] + bias[c0 + j]) * scale;
-  });
+// out (R, d) = (x (R, d) W^T + b) * scale, W (d, d) and b (d) raw views of the weights.
+void project(const Tensor& x, const float* W, const float* bias, float scale, Tensor& out) {
+  const Device dev = x.device();
+  const int64_t R = x.dim(0), d = x.dim(1);
+  ST_KERNEL(dev, gemm)(false, true, int(R), int(d), int(d), 1.0f, x.data(), int(d), W, int(d), 0.0f, out.data(), int(d));
+  ST_KERNEL(dev, add_bias_rows)(out.data(), bias, R, int(d));
+  if (scale != 1.0f) ST_KERNEL(dev, scale_shift_forward)(out.data(), out.data(), scale, 0.0f, R * d);
 }
 
 // For each head h, the packed rows of the examples that keep it, in order,
-// so one GEMM per head covers every example.   [H] -> row indices
-std::vector<std::vector<int32_t>> rows_per_head(const Segments& s, const Tensor& head_keep, int64_t H) {
+// so one GEMM per head covers every example. keep (B, H) on the host.  [H] -> rows
+std::vector<std::vector<int32_t>> rows_per_head(const Segments& s, const std::vector<float>& keep, int64_t H) {
   std::vector<std::vector<int32_t>> rows(static_cast<size_t>(H));
   for (int64_t h = 0; h < H; h++)
     for (int64_t b = 0; b < s.examples(); b++)
-      if (head_keep.data()[b * H + h] != 0.0f)
+      if (keep[size_t(b * H + h)] != 0.0f)
         for (int64_t r = s.at[size_t(b)]; r < s.at[size_t(b + 1)]; r++) rows[size_t(h)].push_back(int32_t(r));
   return rows;
 }
 
-// out[rows[i], c0 .. c0+cols) = (x[rows[i]] (d) W[c0 .. c0+cols)^T + b) * scale, for the listed rows only.
-void project_rows(const float* x, const std::vector<int32_t>& rows, int64_t d, const float* W, const float* bias,
-                  int64_t c0, int64_t cols, float scale, float* out, int64_t ld) {
-  const int64_t n = int64_t(rows.size());
+// out[rows[i], c0 .. c0+cols) = (x[rows[i]] (d) W[c0 .. c0+cols)^T + b[c0 ..]) * scale, for the
+// listed rows only (rows: n distinct row numbers on x's device); out is (R, d) like x.
+void project_rows(const Tensor& x, const Tensor& rows, const float* W, const float* bias, int64_t c0, int64_t cols,
+                  float scale, Tensor& out) {
+  const Device dev = x.device();
+  const int64_t n = rows.numel(), d = x.dim(1);
   if (n == 0) return;
-  thread_local std::vector<float> in, res;
-  in.resize(size_t(n * d)), res.resize(size_t(n * cols));
-  for (int64_t i = 0; i < n; i++) std::copy_n(x + int64_t(rows[size_t(i)]) * d, d, in.data() + i * d);
-  sgemm(false, true, int(n), int(cols), int(d), 1.0f, in.data(), int(d), W + c0 * d, int(d), 0.0f, res.data(), int(cols));
-  for (int64_t i = 0; i < n; i++)
-    for (int64_t j = 0; j < cols; j++)
-      out[int64_t(rows[size_t(i)]) * ld + c0 + j] = (res[size_t(i * cols + j)] + bias[c0 + j]) * scale;
+  Tensor in = take_rows(x, rows), part = Tensor::empty({n, cols}, DType::F32, dev);  // (n, d), (n, cols)
+  ST_KERNEL(dev, gemm)(false, true, int(n), int(cols), int(d), 1.0f, in.data(), int(d), W + c0 * d, int(d), 0.0f,
+                       part.data(), int(cols));
+  ST_KERNEL(dev, scatter_columns)(out.data(), d, c0, part.data(), rows.ints(), n, cols, bias + c0, scale, false);
 }
 
 // Multi-head attention for every example on its own segments:
 //   queries x (R, d) in segments qs; keys and values from memory (R', d) in segments ks;
-//   head_keep (B, H) 0/1, or undefined for every head. -> (R, d)
+//   head_keep (B, H) 0/1 on the host, or undefined for every head. -> (R, d) on x's device
 // Three phases. Projections: with every head kept, one GEMM per projection
 // over all packed rows; with a head mask, one GEMM per (head, projection)
 // over the rows of the examples that keep that head, so a dropped head's
@@ -153,13 +162,16 @@ void project_rows(const float* x, const std::vector<int32_t>& rows, int64_t d, c
 Tensor packed_attention(const Attention& attention, const Tensor& x, const Segments& qs, const Tensor& memory,
                         const Segments& ks, const Tensor& head_keep, Flops& flops) {
   const AttentionWeights w = weights_of(attention);
+  const Device dev = x.device();
   const int64_t d = w.d, H = w.heads, k = d / H, B = qs.examples();
   const float scale = 1.0f / std::sqrt(float(k));
+  const std::vector<float> keep = head_keep.defined() ? head_keep.to_vector() : std::vector<float>();
   bool every_head = true;  // no mask, or one that keeps every head of every example
-  for (int64_t i = 0; head_keep.defined() && i < head_keep.numel(); i++) every_head = every_head && head_keep.data()[i] != 0.0f;
-  // Tiny work stays on one thread: a parallel region costs more than it saves there.
-  const bool worth_threads = use_threads(2 * (qs.total() + ks.total()) * d * d, 4'000'000);
-  auto keeps = [&](int64_t b, int64_t h) { return every_head || head_keep.data()[b * H + h] != 0.0f; };
+  for (float z : keep) every_head = every_head && z != 0.0f;
+  // Tiny work stays on one thread: a parallel region costs more than it saves
+  // there. The GPU has one stream: its work is queued from one thread.
+  const bool worth_threads = dev == Device::CPU && use_threads(2 * (qs.total() + ks.total()) * d * d, 4'000'000);
+  auto keeps = [&](int64_t b, int64_t h) { return every_head || keep[size_t(b * H + h)] != 0.0f; };
   std::vector<int64_t> heads_of(size_t(B), H);  // kept heads per example
   for (int64_t b = 0; b < B && !every_head; b++) {
     heads_of[size_t(b)] = 0;
@@ -170,19 +182,21 @@ Tensor packed_attention(const Attention& attention, const Tensor& x, const Segme
     flops[size_t(b)] += double(heads_of[size_t(b)] * k) * (4.0 * double(qs.rows(b)) * d + 4.0 * double(ks.rows(b)) * d);
 
   // --- projections: q (R, d), k and v (R', d); a dropped head's columns stay unwritten
-  Tensor q = Tensor::empty({qs.total(), d}), kk = Tensor::empty({ks.total(), d}), v = Tensor::empty({ks.total(), d});
-  std::vector<std::vector<int32_t>> q_rows, k_rows;  // [head] -> rows of the examples keeping it
+  Tensor q = Tensor::empty({qs.total(), d}, DType::F32, dev);
+  Tensor kk = Tensor::empty({ks.total(), d}, DType::F32, dev), v = Tensor::empty({ks.total(), d}, DType::F32, dev);
+  std::vector<Tensor> q_rows, k_rows;  // [head] -> rows of the examples keeping it (on dev)
   if (every_head) {
-    project(x.data(), qs.total(), d, w.wq, w.bq, 0, d, scale, q.data(), d);
-    project(memory.data(), ks.total(), d, w.wk, w.bk, 0, d, 1.0f, kk.data(), d);
-    project(memory.data(), ks.total(), d, w.wv, w.bv, 0, d, 1.0f, v.data(), d);
+    project(x, w.wq, w.bq, scale, q);
+    project(memory, w.wk, w.bk, 1.0f, kk);
+    project(memory, w.wv, w.bv, 1.0f, v);
   } else {
-    q_rows = rows_per_head(qs, head_keep, H), k_rows = rows_per_head(ks, head_keep, H);
+    for (const auto& rows : rows_per_head(qs, keep, H)) q_rows.push_back(index_on(rows, dev));
+    for (const auto& rows : rows_per_head(ks, keep, H)) k_rows.push_back(index_on(rows, dev));
     parallel_jobs(3 * H, worth_threads, [&](int64_t j) {
       const int64_t h = j / 3, which = j % 3;  // 0 Q, 1 K, 2 V
-      if (which == 0) project_rows(x.data(), q_rows[size_t(h)], d, w.wq, w.bq, h * k, k, scale, q.data(), d);
-      if (which == 1) project_rows(memory.data(), k_rows[size_t(h)], d, w.wk, w.bk, h * k, k, 1.0f, kk.data(), d);
-      if (which == 2) project_rows(memory.data(), k_rows[size_t(h)], d, w.wv, w.bv, h * k, k, 1.0f, v.data(), d);
+      if (which == 0) project_rows(x, q_rows[size_t(h)], w.wq, w.bq, h * k, k, scale, q);
+      if (which == 1) project_rows(memory, k_rows[size_t(h)], w.wk, w.bk, h * k, k, 1.0f, kk);
+      if (which == 2) project_rows(memory, k_rows[size_t(h)], w.wv, w.bv, h * k, k, 1.0f, v);
     });
   }
 
@@ -191,33 +205,32 @@ Tensor packed_attention(const Attention& attention, const Tensor& x, const Segme
   for (int64_t b = 0; b < B; b++)
     for (int64_t h = 0; h < H; h++)
       if (keeps(b, h)) jobs.push_back({b, h});
-  Tensor ctx = Tensor::empty({qs.total(), d});
-  const std::vector<int32_t> q_at(qs.at.begin(), qs.at.end()), k_at(ks.at.begin(), ks.at.end());
-  cpu::packed_attention_forward(ctx.data(), q.data(), kk.data(), v.data(), q_at.data(), k_at.data(),
-                                every_head ? nullptr : head_keep.data(), int(B), int(H), int(k));
+  Tensor ctx = Tensor::empty({qs.total(), d}, DType::F32, dev);
+  const Tensor keep_on_dev = every_head ? Tensor() : head_keep.to(dev);
+  ST_KERNEL(dev, packed_attention_forward)(ctx.data(), q.data(), kk.data(), v.data(), offsets_on(qs, dev).ints(),
+                                           offsets_on(ks, dev).ints(), every_head ? nullptr : keep_on_dev.data(),
+                                           int(B), int(H), int(k));
   for (const auto& [b, h] : jobs) flops[size_t(b)] += 4.0 * double(qs.rows(b)) * double(ks.rows(b)) * double(k);
 
   // --- output projection
-  Tensor out = Tensor::empty({qs.total(), d});
-  for (int64_t r = 0; r < qs.total(); r++) std::copy(w.bo, w.bo + d, out.data() + r * d);
+  Tensor out;
   if (every_head) {
-    sgemm(false, true, int(qs.total()), int(d), int(d), 1.0f, ctx.data(), int(d), w.wo, int(d), 1.0f, out.data(), int(d));
+    out = Tensor::empty({qs.total(), d}, DType::F32, dev);
+    project(ctx, w.wo, w.bo, 1.0f, out);
   } else {
     // Head by head: the rows that keep h read ctx's columns of h and W_o's
     // columns of h. The heads run one after another (they add into the same rows).
-    std::vector<float> ctx_h, part;
+    out = Tensor::zeros({qs.total(), d}, DType::F32, dev);
+    ST_KERNEL(dev, add_bias_rows)(out.data(), w.bo, qs.total(), int(d));
     for (int64_t h = 0; h < H; h++) {
-      const std::vector<int32_t>& rows = q_rows[size_t(h)];
-      const int64_t n = int64_t(rows.size());
+      const Tensor& rows = q_rows[size_t(h)];
+      const int64_t n = rows.numel();
       if (n == 0) continue;
-      ctx_h.resize(size_t(n * k)), part.resize(size_t(n * d));
-      for (int64_t i = 0; i < n; i++) std::copy_n(ctx.data() + int64_t(rows[size_t(i)]) * d + h * k, k, ctx_h.data() + i * k);
-      sgemm(false, true, int(n), int(d), int(k), 1.0f, ctx_h.data(), int(k), w.wo + h * k, int(d), 0.0f, part.data(),
-            int(d));  // (n, d) = ctx_h W_o[:, h]^T
-      for (int64_t i = 0; i < n; i++) {
-        float* o = out.data() + int64_t(rows[size_t(i)]) * d;
-        for (int64_t j = 0; j < d; j++) o[j] += part[size_t(i * d + j)];
-      }
+      Tensor ctx_h = Tensor::empty({n, k}, DType::F32, dev), part = Tensor::empty({n, d}, DType::F32, dev);
+      ST_KERNEL(dev, gather_columns)(ctx_h.data(), ctx.data(), d, h * k, rows.ints(), n, k);
+      ST_KERNEL(dev, gemm)(false, true, int(n), int(d), int(k), 1.0f, ctx_h.data(), int(k), w.wo + h * k, int(d),
+                           0.0f, part.data(), int(d));  // (n, d) = ctx_h W_o[:, h]^T
+      ST_KERNEL(dev, scatter_columns)(out.data(), d, 0, part.data(), rows.ints(), n, d, nullptr, 1.0f, true);
     }
   }
   return out;
@@ -254,33 +267,25 @@ std::vector<float> trimmer_logits(const TokenTrimmer& tr, const Tensor& x, const
   Tensor u;
   if (tr.cross_modal) u = gelu(linear_rows(tr.ln_c.forward(summary), tr.cross, even_segments(B), flops));  // (B, d_t)
   // per example: b_1 + W_1g g + W_1u u   (B, d_t)
+  const Device dev = x.device();
+  const auto gemm = ST_KERNEL(dev, gemm);
   const float* W1 = tr.mlp1.weight.data();  // (d_t, views * d_t): columns [h | g | u]
-  Tensor per_example = Tensor::zeros({B, dt}) + tr.mlp1.bias;  // b_1 in every row
-  sgemm(false, true, int(B), int(dt), int(dt), 1.0f, g.data(), int(dt), W1 + dt, int(views * dt), 1.0f,
-        per_example.data(), int(dt));
+  Tensor per_example = Tensor::zeros({B, dt}, DType::F32, dev) + tr.mlp1.bias;  // b_1 in every row
+  gemm(false, true, int(B), int(dt), int(dt), 1.0f, g.data(), int(dt), W1 + dt, int(views * dt), 1.0f,
+       per_example.data(), int(dt));
   if (tr.cross_modal)
-    sgemm(false, true, int(B), int(dt), int(dt), 1.0f, u.data(), int(dt), W1 + 2 * dt, int(views * dt), 1.0f,
-          per_example.data(), int(dt));
+    gemm(false, true, int(B), int(dt), int(dt), 1.0f, u.data(), int(dt), W1 + 2 * dt, int(views * dt), 1.0f,
+         per_example.data(), int(dt));
   for (double& f : flops) f += 2.0 * double(views - 1) * double(dt * dt);
-  // per row: W_1h h_i, plus its example's vector, through GELU, then w_2 . a + b_2
-  std::vector<float> a(size_t(s.total() * dt));  // (R, d_t)
-  for (int64_t b = 0; b < B; b++)
-    for (int64_t r = s.at[size_t(b)]; r < s.at[size_t(b + 1)]; r++)
-      std::copy_n(per_example.data() + b * dt, dt, a.data() + r * dt);
-  sgemm(false, true, int(s.total()), int(dt), int(dt), 1.0f, h.data(), int(dt), W1, int(views * dt), 1.0f, a.data(),
-        int(dt));
-  std::vector<float> logits(size_t(s.total()));
-  const float* w2 = tr.mlp2.weight.data();
-  const float b2 = tr.mlp2.bias.data()[0];
-  for (int64_t r = 0; r < s.total(); r++) {  // GELU and w_2 in one pass: no (R, d_t) temporary
-    const float* ar = a.data() + r * dt;
-    float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-    for (int64_t j = 0; j < dt; j++) dot += w2[j] * cpu::gelu_of(ar[j]);
-    logits[size_t(r)] = b2 + dot;
-  }
+  // per row: its example's vector plus W_1h h_i, through GELU, then w_2 . a + b_2
+  std::vector<int32_t> example_of_row;
+  for (int64_t b = 0; b < B; b++) example_of_row.insert(example_of_row.end(), size_t(s.rows(b)), int32_t(b));
+  Tensor a = take_rows(per_example, example_of_row);  // (R, d_t)
+  gemm(false, true, int(s.total()), int(dt), int(dt), 1.0f, h.data(), int(dt), W1, int(views * dt), 1.0f, a.data(),
+       int(dt));
+  Tensor logits = linear(gelu(a), tr.mlp2.weight, tr.mlp2.bias);  // (R, 1)
   for (int64_t b = 0; b < B; b++) flops[size_t(b)] += double(s.rows(b)) * (2.0 * double(dt * dt) + 2.0 * double(dt));
-  return logits;
+  return logits.to_vector();
 }
 
 // Keep flags (R) of a token trimmer, the first row of every example always kept:
@@ -314,7 +319,7 @@ Tensor keep_heads(const HeadTrimmer& tr, const Tensor& x, const Segments& xs, co
   if (other.defined()) q = concat({q, segment_mean(other, os)}, -1);      // (B, 2d)
   const Segments each = even_segments(xs.examples());
   Tensor logits = linear_rows(gelu(linear_rows(tr.ln.forward(q), tr.fc1, each, flops)), tr.fc2, each, flops);
-  return kept_heads(logits, theta);  // (B, H)
+  return kept_heads(logits.to(Device::CPU), theta);  // (B, H) on the host, where the rows per head are listed
 }
 
 }  // namespace
@@ -347,7 +352,7 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
       if (mask_values[size_t(b * T + j)] != 0.0f) real.push_back(int32_t(b * T + j)), t_pos.push_back(int32_t(j));
     ts.at.push_back(int64_t(real.size()));
   }
-  Tensor t = gather_rows(all_text, Tensor::from_ints(real, {int64_t(real.size())}));  // (R_t, Tw)
+  Tensor t = take_rows(all_text, real);  // (R_t, Tw)
   Tensor image_summary;
   if (trimming && !tc.text_token_layers.empty())
     image_summary = segment_mean(reshape(patches, {B * patches.dim(1), c.vit_width}), even_segments(B, patches.dim(1)));
@@ -388,7 +393,7 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
   }
 
   // --- bridge and co-attention
-  auto type_row = [&](int type) { return m_.token_types_.forward(Tensor::from_ints({type}, {1})); };
+  auto type_row = [&](int type) { return m_.token_types_.forward(index_on({type}, ids.device())); };
   t = linear_rows(t, m_.text_transform_, ts, flops) + type_row(0);
   v = linear_rows(v, m_.image_transform_, vs, flops) + type_row(image_type);
   for (int l = 0; l < c.num_cross_layers; l++) {
@@ -478,7 +483,8 @@ PackedMeter::Pass PackedMeter::pass(const Tensor& ids, const Tensor& mask, const
   const int64_t B = ids.dim(0);
   const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
   const bool small = pass_flops(c, full_counts(c, int(ids.dim(1))), false) < kSplitByExamplesFlops;
-  if (threads < 2 || B < 2 * int64_t(threads) || !small) return one_pass(ids, mask, image, image_type, opt, flops);
+  if (ids.device() != Device::CPU || threads < 2 || B < 2 * int64_t(threads) || !small)
+    return one_pass(ids, mask, image, image_type, opt, flops);
 
   std::vector<Pass> parts(static_cast<size_t>(threads));
   std::vector<std::vector<double>> part_flops(static_cast<size_t>(threads));
@@ -522,8 +528,11 @@ PackedOutput PackedMeter::run(Task task, const Tensor& ids, const Tensor& mask, 
   if (ids.rank() != 2 || mask.shape() != ids.shape() || image.dim(0) != ids.dim(0))
     throw ShapeError("packed METER: expects ids (B, T), mask (B, T) and images (B, 3, S, S), got " +
                      to_string(ids.shape()) + ", " + to_string(mask.shape()) + " and " + to_string(image.shape()));
-  for (const Tensor* t : {&ids, &mask, &image})
-    if (t->device() != Device::CPU) throw DeviceError("packed METER: runs on the CPU only for now");
+  const Device dev = m_.params().list.front().second->device();
+  for (const Tensor* t : {&ids, &mask, &image, &image2})
+    if (t->defined() && t->device() != dev)
+      throw DeviceError("packed METER: the model's weights are on " + std::string(name(dev)) + " but an input is " +
+                        t->describe() + "; move both to one device");
   NoGrad no_grad;
   const int64_t B = ids.dim(0);
   PackedOutput out;

@@ -8,45 +8,17 @@
 #include <algorithm>
 #include <cmath>
 
+#include "engine/kernels.h"
 #include "layers/meter.h"
 #include "pruning/packed.h"
 #include "tests/compare.h"
 #include "tests/meter_batch.h"
+#include "tests/packed_checks.h"
 
 using st::Tensor;
 
-namespace {
-
-// Random trimmers decide near logit 0, where rounding could flip a decision
-// between the two paths; scaling their last layer spreads the logits far
-// from 0, and the token bias shifts them so that roughly half survive.
-void sharpen_trimmers(st::Meter& m, float scale, float token_bias) {
-  for (const auto& [name, t] : m.params().list) {
-    if (name.rfind("smarttrim.", 0) != 0) continue;
-    if (name.find(".mlp2.weight") != std::string::npos || name.find(".fc2.weight") != std::string::npos)
-      for (int64_t i = 0; i < t->numel(); i++) t->data()[i] *= scale;
-    if (name.find(".mlp2.bias") != std::string::npos) t->data()[0] = token_bias;
-  }
-}
-
-void check_same_counts(const st::PassCounts<double>& a, const st::PassCounts<double>& b) {
-  CHECK(a.vit_tokens == b.vit_tokens);
-  CHECK(a.text_tokens == b.text_tokens);
-  CHECK(a.text_out == b.text_out);
-  CHECK(a.image_out == b.image_out);
-  CHECK(a.cross_text_tokens == b.cross_text_tokens);
-  CHECK(a.cross_image_tokens == b.cross_image_tokens);
-  CHECK(a.text_self_heads == b.text_self_heads);
-  CHECK(a.text_cross_heads == b.text_cross_heads);
-  CHECK(a.image_self_heads == b.image_self_heads);
-  CHECK(a.image_cross_heads == b.image_cross_heads);
-  CHECK(a.vit_scored == b.vit_scored);
-  CHECK(a.text_scored == b.text_scored);
-  CHECK(a.cross_text_scored == b.cross_text_scored);
-  CHECK(a.cross_image_scored == b.cross_image_scored);
-}
-
-}  // namespace
+using st::testing::check_same_counts;
+using st::testing::sharpen_trimmers;
 
 TEST_CASE("packed: masked and packed passes agree, and the executed FLOPs equal the cost model, per example") {
   // The shipped placement, the plain model, and two variants that exercise the
@@ -215,4 +187,49 @@ TEST_CASE("packed: a batch split by examples across threads gives what one pass 
     }
   }
   omp_set_num_threads(threads);
+}
+
+TEST_CASE("packed: the row kernels (segment means, column gathers and scatters) against plain loops") {
+  st::Rng rng(31);
+  const int64_t d = 13, ld = 23, c0 = 5, cols = 11;
+  const std::vector<int32_t> at = {0, 3, 3, 10, 17};  // four examples, the second without rows
+  Tensor x = Tensor::randn({17, d}, rng);
+  std::vector<float> mean(4 * d);
+  st::cpu::segment_mean_forward(mean.data(), x.data(), at.data(), 4, d);
+  for (int64_t b = 0; b < 4; b++)
+    for (int64_t j = 0; j < d; j++) {
+      double want = 0;
+      for (int64_t r = at[size_t(b)]; r < at[size_t(b + 1)]; r++) want += x.data()[r * d + j];
+      if (at[size_t(b + 1)] > at[size_t(b)]) want /= double(at[size_t(b + 1)] - at[size_t(b)]);
+      CHECK(std::fabs(mean[size_t(b * d + j)] - want) < 1e-5);
+    }
+
+  const std::vector<int32_t> rows = {8, 0, 15, 3, 11};  // distinct, out of order
+  const int64_t n = int64_t(rows.size());
+  Tensor wide = Tensor::randn({17, ld}, rng);
+  std::vector<float> taken(size_t(n * cols));
+  st::cpu::gather_columns(taken.data(), wide.data(), ld, c0, rows.data(), n, cols);
+  for (int64_t i = 0; i < n; i++)
+    for (int64_t j = 0; j < cols; j++) CHECK(taken[size_t(i * cols + j)] == wide.data()[rows[size_t(i)] * ld + c0 + j]);
+
+  Tensor src = Tensor::randn({n, cols}, rng), bias = Tensor::randn({cols}, rng);
+  for (bool accumulate : {false, true})
+    for (bool with_bias : {false, true}) {
+      CAPTURE(accumulate);
+      CAPTURE(with_bias);
+      Tensor out = wide.clone();
+      st::cpu::scatter_columns(out.data(), ld, c0, src.data(), rows.data(), n, cols,
+                               with_bias ? bias.data() : nullptr, 0.75f, accumulate);
+      for (int64_t r = 0; r < 17; r++)
+        for (int64_t j = 0; j < ld; j++) {
+          const auto hit = std::find(rows.begin(), rows.end(), int32_t(r));
+          float want = wide.data()[r * ld + j];
+          if (hit != rows.end() && j >= c0 && j < c0 + cols) {
+            const int64_t i = hit - rows.begin();
+            const float value = (src.data()[i * cols + j - c0] + (with_bias ? bias.data()[j - c0] : 0.0f)) * 0.75f;
+            want = accumulate ? want + value : value;
+          }
+          CHECK(out.data()[r * ld + j] == doctest::Approx(want).epsilon(1e-6));
+        }
+    }
 }
