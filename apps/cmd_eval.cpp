@@ -65,8 +65,13 @@ TrainBatch row_of(const TrainBatch& batch, int64_t b) {
   return one;
 }
 
+// The batch goes to the model's device; the logits come back to the host
+// (on a GPU that also waits for the pass, so a timing covers all of it).
 PackedOutput run(const PackedMeter& model, Task task, const TrainBatch& b, const PackedMeter::Options& o) {
-  return model.run(task, b.ids, b.mask, b.image, b.image2, o);
+  const TrainBatch on = b.to(model.model().device());
+  PackedOutput out = model.run(task, on.ids, on.mask, on.image, on.image2, o);
+  out.logits = out.logits.to(Device::CPU);
+  return out;
 }
 
 int64_t text_tokens(const TrainBatch& b, int64_t row) {
@@ -103,8 +108,10 @@ struct Inputs {
 };
 
 Inputs load_inputs(const cli::Args& args) {
+  const Device device = cli::device_of(args);  // before anything is read
   Inputs in;
   in.model = load_model(args);
+  move_parameters(in.model->params(), device);
   const MeterConfig& config = in.model->config();
   in.tokenizer = load_tokenizer(args);
   in.set = load_task_data(args);
@@ -159,6 +166,7 @@ int eval_command(int argc, char** argv) {
   add_tokenizer_options(args);
   add_data_options(args, "val");
   add_inference_options(args);
+  cli::add_device_option(args);
   args.option("limit", "N", "evaluate the first N examples only");
   args.option("target-ratio", "R", "choose --theta (and --head-theta, unless given) so that the mean FLOPs ratio\n"
                                    "on the first examples of --calibration-split is R, then evaluate with them");
@@ -270,6 +278,7 @@ int eval_command(int argc, char** argv) {
   j["method"] = method;
   j["model"] = args.text("model");
   j["task"] = task_name(set.task);
+  j["device"] = name(model.device());
   j["data"] = set.where;
   j["examples"] = int64_t(scores.size());
   j["skipped"] = loader.skipped();
@@ -317,6 +326,7 @@ int bench_command(int argc, char** argv) {
   add_tokenizer_options(args);
   add_data_options(args, "val");
   add_inference_options(args);
+  cli::add_device_option(args);
   args.option("repeats", "N", "timed rounds (the median is reported)", "5");
   args.option("json", "FILE", "write the measurements as JSON");
   if (!args.parse(argc, argv, 2)) return 0;
@@ -340,6 +350,7 @@ int bench_command(int argc, char** argv) {
 
   nlohmann::ordered_json j;
   j["model"] = args.text("model");
+  j["device"] = name(model.device());
   j["threads"] = omp_get_max_threads();
   std::printf("%-10s %12s %12s %9s %11s %11s\n", "batch", "full ms", "trimmed ms", "speed-up", "FLOPs ratio",
               "efficiency");

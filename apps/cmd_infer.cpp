@@ -26,6 +26,7 @@ void add_single_example_options(cli::Args& args) {
   args.option("theta", "X", "keep a token iff its trimmer's logit > X", "0");
   args.option("head-theta", "X", "keep a head iff its trimmer's logit > X", "0");
   args.flag("full", "run at full capacity (trimmers off)");
+  cli::add_device_option(args);
 }
 
 // What the model did with one question.
@@ -49,7 +50,10 @@ Answered answer(const Meter& model, const data::Tokenizer& tokenizer, const data
   const Tensor pixels = clip_preprocess(image, c.vit_image_size);
   const Tensor batch_image = reshape(pixels, {1, 3, c.vit_image_size, c.vit_image_size});
   Answered a;
-  a.out = PackedMeter(model).run(Task::VQA, Tensor::from_ints(ids, {1, T}), Tensor::ones({1, T}), batch_image, po);
+  const Device dev = model.device();
+  a.out = PackedMeter(model).run(Task::VQA, Tensor::from_ints(ids, {1, T}).to(dev), Tensor::ones({1, T}, dev),
+                                 batch_image.to(dev), po);
+  a.out.logits = a.out.logits.to(Device::CPU);
   for (int32_t id : ids) a.tokens.push_back(tokenizer.token(id).value_or("?"));
   std::vector<int64_t> order(size_t(a.out.logits.dim(1)));
   for (size_t i = 0; i < order.size(); i++) order[i] = int64_t(i);
@@ -72,8 +76,10 @@ struct Setup {
 };
 
 Setup setup(const cli::Args& args) {
+  const Device device = cli::device_of(args);  // before anything is read
   Setup s;
   s.model = load_model(args);
+  move_parameters(s.model->params(), device);
   s.tokenizer = load_tokenizer(args);
   s.answers = load_answers(args, s.model->config());
   s.max_text_len = int(args.integer("max-text-len"));

@@ -70,6 +70,7 @@ class Meter {
 
   const MeterConfig& config() const { return config_; }
   const NamedParams& params() const { return params_; }  // trimmers' names start with "smarttrim."
+  Device device() const { return params_.list.front().second->device(); }  // where its weights are (all on one)
   int64_t parameter_count() const;
   int image_size() const { return vit_.image_size(); }
   // Fit the position table to another image size (bicubic, as METER does).

@@ -528,7 +528,7 @@ PackedOutput PackedMeter::run(Task task, const Tensor& ids, const Tensor& mask, 
   if (ids.rank() != 2 || mask.shape() != ids.shape() || image.dim(0) != ids.dim(0))
     throw ShapeError("packed METER: expects ids (B, T), mask (B, T) and images (B, 3, S, S), got " +
                      to_string(ids.shape()) + ", " + to_string(mask.shape()) + " and " + to_string(image.shape()));
-  const Device dev = m_.params().list.front().second->device();
+  const Device dev = m_.device();
   for (const Tensor* t : {&ids, &mask, &image, &image2})
     if (t->defined() && t->device() != dev)
       throw DeviceError("packed METER: the model's weights are on " + std::string(name(dev)) + " but an input is " +

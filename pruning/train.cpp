@@ -145,6 +145,11 @@ void SmartTrimTrainer::apply_group_rates() {
   }
 }
 
+TrainBatch TrainBatch::to(Device device) const {
+  auto on = [&](const Tensor& t) { return t.defined() ? t.to(device) : t; };
+  return {on(ids), on(mask), on(image), on(image2), on(targets)};
+}
+
 void SmartTrimTrainer::move_to(Device device) {
   move_parameters(model_->params(), device);
   optimizer_.move_to(device);
@@ -153,9 +158,7 @@ void SmartTrimTrainer::move_to(Device device) {
 
 StepLog SmartTrimTrainer::step(const TrainBatch& batch_anywhere) {
   const Task task = options_.task;
-  auto here = [&](const Tensor& t) { return t.defined() ? t.to(device_) : t; };
-  const TrainBatch batch{here(batch_anywhere.ids), here(batch_anywhere.mask), here(batch_anywhere.image),
-                         here(batch_anywhere.image2), here(batch_anywhere.targets)};
+  const TrainBatch batch = batch_anywhere.to(device_);
   if (task == Task::NLVR2 && !batch.image2.defined())
     throw ArgumentError("SmartTrim training: an NLVR2 batch needs image2");
   const Meter& model = *model_;

@@ -43,6 +43,7 @@ struct TrainBatch {
   Tensor image;    // f32 (B, 3, S, S)
   Tensor image2;   // f32 (B, 3, S, S): NLVR2's second image; undefined otherwise
   Tensor targets;  // VQA: f32 soft scores (B, answers); SNLI, ITM, NLVR2: i32 labels (B)
+  TrainBatch to(Device device) const;  // every defined tensor on `device` (those already there are shared)
 };
 
 struct TrainOptions {

@@ -3,6 +3,7 @@
 // and resume; bad arguments and bad inputs. Runs build/smarttrim ($SMARTTRIM_BIN).
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -264,6 +265,41 @@ TEST_CASE("cli pipeline: --device cuda trains on a GPU, and without one says so 
   CommandResult bad = smarttrim("train --device tpu --config configs/demo-fashion.json" + p.common + " --out " + out);
   CHECK(bad.status == 2);
   CHECK(bad.output.find("--device must be cpu or cuda") != std::string::npos);
+}
+
+TEST_CASE("cli pipeline: eval, infer and bench --device cuda run the packed path on a GPU, or say there is none") {
+  Pipeline& p = pipeline();
+  const std::string on_gpu = p.dir / "eval_cuda.json", on_cpu = p.dir / "eval_cpu.json";
+  const bool gpu = smarttrim("devices").output.find("cuda:0") != std::string::npos;
+  CommandResult r = eval_trimmed(p, "--device cuda --json " + on_gpu);
+  INFO(r.output);
+  std::string image_path;  // any test scene
+  for (const auto& e : fs::directory_iterator(p.data + "/vqa/images"))
+    if (e.path().filename().string().find("fashion_test") != std::string::npos) image_path = e.path().string();
+  CommandResult asked = smarttrim("infer --model " + p.trimmed + "/model.st --vocab " + p.data + "/vocab.txt --image " +
+                                  image_path + " --question 'is there a bag?' --device cuda");
+  INFO(asked.output);
+  if (gpu) {
+    REQUIRE(r.status == 0);
+    REQUIRE(eval_trimmed(p, "--json " + on_cpu).status == 0);
+    const nlohmann::json g = read_json(on_gpu), c = read_json(on_cpu);
+    CHECK(g["device"] == "cuda");
+    CHECK(g["examples"] == c["examples"]);
+    // TF32 GEMMs: a decision or an answer right at its threshold may flip, nothing more
+    CHECK(std::fabs(g["flops_ratio_mean"].get<double>() - c["flops_ratio_mean"].get<double>()) < 0.01);
+    CHECK(std::fabs(g["accuracy"].get<double>() - c["accuracy"].get<double>()) < 0.02);
+    CHECK(asked.status == 0);
+    CHECK(asked.output.find("answer:") != std::string::npos);
+  } else {
+    CHECK(r.status == 1);
+    CHECK((r.output.find("no GPU is available") != std::string::npos ||
+           r.output.find("no CUDA backend") != std::string::npos));
+    CHECK(!std::filesystem::exists(on_gpu));
+    CHECK(asked.status == 1);
+  }
+  CommandResult bench =
+      smarttrim("bench --model " + p.trimmed + "/model.st" + p.common + " --split test --repeats 1 --device cuda");
+  CHECK(bench.status == (gpu ? 0 : 1));
 }
 
 TEST_CASE("cli pipeline: an unreadable image is skipped and counted, not fatal") {
