@@ -26,6 +26,7 @@
 #include "engine/gemm.h"
 #include "engine/memory.h"
 #include "engine/optim.h"
+#include "bench/bench_device.h"
 #include "layers/meter.h"
 #ifdef SMARTTRIM_CUDA
 #include "cuda/runtime.h"
@@ -47,12 +48,7 @@ struct Result {
 
 st::Device g_device = st::Device::CPU;
 
-// Waits for the GPU's queued work, so a run's time includes it.
-void finish_queued_work() {
-#ifdef SMARTTRIM_CUDA
-  if (g_device == st::Device::CUDA) st::cuda::synchronize();
-#endif
-}
+void finish_queued_work() { st::bench::finish_queued_work(g_device); }
 
 uint64_t gpu_peak_bytes() {
 #ifdef SMARTTRIM_CUDA
@@ -61,9 +57,7 @@ uint64_t gpu_peak_bytes() {
   return 0;
 }
 
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
+using st::bench::now_s;
 
 // Two warm-up runs (the allocator's cache fills), then `reps` timed ones.
 Result measure(const std::string& key, const std::string& label, int reps, const std::function<void()>& run) {
@@ -136,26 +130,13 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
     else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::max(1, std::atoi(argv[++i]));
     else if (!std::strcmp(argv[i], "--no-torch")) with_torch = false;
-    else if (!std::strcmp(argv[i], "--device") && i + 1 < argc && !std::strcmp(argv[i + 1], "cpu")) i++;
-    else if (!std::strcmp(argv[i], "--device") && i + 1 < argc && !std::strcmp(argv[i + 1], "cuda")) {
-      g_device = st::Device::CUDA;
-      i++;
-    } else {
+    else if (st::bench::parse_device(argc, argv, i, g_device)) continue;
+    else {
       std::fprintf(stderr, "usage: bench_meter [--json FILE] [--reps N] [--no-torch] [--device cpu|cuda]\n");
       return 2;
     }
   }
-#ifdef SMARTTRIM_CUDA
-  if (g_device == st::Device::CUDA && st::cuda::device_count() == 0) {
-    std::fprintf(stderr, "bench_meter: --device cuda: no GPU is available on this machine\n");
-    return 1;
-  }
-#else
-  if (g_device == st::Device::CUDA) {
-    std::fprintf(stderr, "bench_meter: --device cuda: this build has no CUDA backend\n");
-    return 1;
-  }
-#endif
+  if (!st::bench::device_usable(g_device, "bench_meter")) return 1;
   std::vector<Result> results;
   try {
     results.push_back(train_step("meter-tiny", 32, 16, reps));

@@ -1,7 +1,7 @@
 // What trimming buys in wall-clock time: packed inference of a trimmed METER
 // against the same model at full capacity, side by side in one run.
 //
-//   build/bench_smarttrim [--json FILE] [--reps N] [--min-seconds S] [--tiny-only] [--batch N]
+//   build/bench_smarttrim [--json FILE] [--reps N] [--min-seconds S] [--tiny-only] [--batch N] [--device cpu|cuda]
 //
 // The models are random (no trained trimmers exist here), so the keep rate
 // is set with the run-time threshold theta: for each target FLOPs ratio a
@@ -12,6 +12,8 @@
 // The full-capacity run uses the same packed path, so padding costs neither
 // side anything; the plain rectangular forward is timed too, for reference.
 // Full and trimmed runs take turns, so both see the same machine load.
+// --device cuda runs everything on the GPU (TF32 GEMMs); each timed run
+// waits for the GPU to finish.
 #include <omp.h>
 
 #include <algorithm>
@@ -24,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_device.h"
 #include "layers/meter.h"
 #include "pruning/packed.h"
 
@@ -31,9 +34,7 @@ namespace {
 
 using st::Tensor;
 
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
+using st::bench::now_s;
 
 double median(std::vector<double> t) {
   std::sort(t.begin(), t.end());
@@ -86,6 +87,12 @@ Batch make_batch(const st::MeterConfig& c, int batch, int text_len, bool ragged,
   return b;
 }
 
+Batch on_device(const Batch& b, st::Device device) {
+  Batch out = b;
+  out.ids = b.ids.to(device), out.mask = b.mask.to(device), out.image = b.image.to(device);
+  return out;
+}
+
 Batch first_examples(const Batch& b, int n) {
   const int64_t t = b.ids.dim(1), s = b.image.dim(2);
   Batch out;
@@ -135,17 +142,21 @@ int main(int argc, char** argv) {
   double min_seconds = 1.0;  // per side-by-side measurement: small models get many runs
   bool tiny_only = false;
   int only_batch = 0;  // 0: every batch size
+  st::Device device = st::Device::CPU;
   for (int i = 1; i < argc; i++) {
     if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
     else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::max(1, std::atoi(argv[++i]));
     else if (!std::strcmp(argv[i], "--min-seconds") && i + 1 < argc) min_seconds = std::atof(argv[++i]);
     else if (!std::strcmp(argv[i], "--tiny-only")) tiny_only = true;
     else if (!std::strcmp(argv[i], "--batch") && i + 1 < argc) only_batch = std::atoi(argv[++i]);
+    else if (st::bench::parse_device(argc, argv, i, device)) continue;
     else {
-      std::fprintf(stderr, "usage: bench_smarttrim [--json FILE] [--reps N] [--min-seconds S] [--tiny-only] [--batch N]\n");
+      std::fprintf(stderr, "usage: bench_smarttrim [--json FILE] [--reps N] [--min-seconds S] [--tiny-only] [--batch N]"
+                           " [--device cpu|cuda]\n");
       return 2;
     }
   }
+  if (!st::bench::device_usable(device, "bench_smarttrim")) return 1;
   struct Setup {
     const char* config;
     int text_len;
@@ -159,21 +170,27 @@ int main(int argc, char** argv) {
       st::MeterConfig c = st::load_meter_config(s.config);
       st::Meter model(c, 1);
       spread_trimmer_logits(model);
+      st::move_parameters(model.params(), device);
       st::PackedMeter packed(model);
       st::NoGrad no_grad;
       for (int batch : s.batches)
         for (bool ragged : {false, true}) {
           if (only_batch != 0 && batch != only_batch) continue;
           if (ragged && batch == 1) continue;
-          Batch b = make_batch(c, batch, s.text_len, ragged, 7);
+          const Batch host = make_batch(c, batch, s.text_len, ragged, 7);
+          const Batch b = on_device(host, device), probe = on_device(first_examples(host, std::min(batch, 2)), device);
           st::PackedMeter::Options full;
           full.trimmers = false;
-          auto run_full = [&] { packed.run(st::Task::VQA, b.ids, b.mask, b.image, full); };
+          auto packed_run = [&](const st::PackedMeter::Options& o) {
+            packed.run(st::Task::VQA, b.ids, b.mask, b.image, o);
+            st::bench::finish_queued_work(device);
+          };
+          auto run_full = [&] { packed_run(full); };
           st::Context eval;
           const double plain_s = paired_median_seconds(reps, min_seconds, run_full, [&] {
                                    model.vqa_logits(model.forward(b.ids, b.mask, b.image, eval).cls);
+                                   st::bench::finish_queued_work(device);
                                  }).second;
-          Batch probe = first_examples(b, std::min(batch, 2));
           for (double target : {0.5, 0.33}) {
             double lo = -1e5, hi = 1e5;  // theta: higher drops more; the spread logits reach the thousands
             for (int it = 0; it < 32; it++) {
@@ -190,8 +207,7 @@ int main(int argc, char** argv) {
               const double r = out.flops[i] / st::full_flops(c, b.lengths[i], st::Task::VQA);
               mn = std::min(mn, r), mx = std::max(mx, r);
             }
-            const auto [full_s, trimmed_s] = paired_median_seconds(
-                reps, min_seconds, run_full, [&] { packed.run(st::Task::VQA, b.ids, b.mask, b.image, o); });
+            const auto [full_s, trimmed_s] = paired_median_seconds(reps, min_seconds, run_full, [&] { packed_run(o); });
             const std::string name = std::string(s.config).substr(8, std::string(s.config).size() - 13);
             rows.push_back({name, batch, ragged, target, flops_ratio(c, out, b), mn, mx, o.token_threshold, full_s,
                             trimmed_s, plain_s});
@@ -215,7 +231,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "bench_smarttrim: cannot write %s\n", json.c_str());
       return 1;
     }
-    std::fprintf(f, "{\"threads\": %d, \"runs\": [\n", omp_get_max_threads());
+    std::fprintf(f, "{\"device\": \"%s\", \"threads\": %d, \"runs\": [\n", st::name(device), omp_get_max_threads());
     for (size_t i = 0; i < rows.size(); i++) {
       const Row& r = rows[i];
       std::fprintf(f,

@@ -9,7 +9,7 @@
 #                                 them: send .device along with the tree
 #   tools/gpu_check.sh run DIR    there: build, test, time; the log is DIR/gpu_check.log
 #                                 (device, date, commit, commands and their output),
-#                                 bench_meter's JSON DIR/bench_meter_cuda.json
+#                                 bench_meter's and bench_smarttrim's JSON DIR/bench_*_cuda.json
 #
 # Only the CUDA suites run there: the rest need Debian's python3-torch, and
 # they run on every CPU machine anyway.
@@ -36,14 +36,16 @@ run() {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | sed 's/^/device: /'
     echo "nvcc:   $(nvcc --version | tail -n 1)"
     echo
-    echo "\$ make -j$(nproc) build/smarttrim build/unit_tests build/bench_meter"
+    echo "\$ make -j$(nproc) build/smarttrim build/unit_tests build/bench_meter build/bench_smarttrim"
   } > "$log"
-  make -j"$(nproc)" build/smarttrim build/unit_tests build/bench_meter >> "$log" 2>&1 || { echo "build failed" >> "$log"; return 1; }
+  make -j"$(nproc)" build/smarttrim build/unit_tests build/bench_meter build/bench_smarttrim >> "$log" 2>&1 ||
+    { echo "build failed" >> "$log"; return 1; }
   local status=0
   # the GPU machine's Python has PyTorch; Debian's /usr/bin/python3 may not be there
   export SMARTTRIM_PYTHON=${SMARTTRIM_PYTHON:-python3}
   for cmd in "build/smarttrim devices" "build/unit_tests --test-case=cuda*" \
-             "build/bench_meter --device cuda --reps 3 --json $out/bench_meter_cuda.json"; do
+             "build/bench_meter --device cuda --reps 3 --json $out/bench_meter_cuda.json" \
+             "build/bench_smarttrim --device cuda --reps 3 --min-seconds 0.5 --json $out/bench_smarttrim_cuda.json"; do
     echo -e "\n\$ $cmd" >> "$log"
     $cmd >> "$log" 2>&1 || status=1
   done
