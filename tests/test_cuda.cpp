@@ -22,20 +22,15 @@
 #include "layers/meter.h"
 #include "pruning/train.h"
 #include "tests/compare.h"
+#include "tests/cuda_checks.h"
 #include "tests/meter_batch.h"
 
 using st::Device;
 using st::Tensor;
+using st::testing::ExactMath;
+using st::testing::kNoGpu;
 
 namespace {
-
-const bool kNoGpu = st::cuda::device_count() == 0;
-
-// Exact float32 GEMMs while a test runs; TF32 again afterwards.
-struct ExactMath {
-  ExactMath() { st::cuda::set_math(st::cuda::Math::F32); }
-  ~ExactMath() { st::cuda::set_math(st::cuda::Math::TF32); }
-};
 
 // How an input of a case is drawn: values away from 0 (never zeros), or
 // positive (for log and div), or a 0/1 mask with some of each.

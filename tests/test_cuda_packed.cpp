@@ -21,20 +21,16 @@
 #include "layers/meter.h"
 #include "pruning/packed.h"
 #include "tests/compare.h"
+#include "tests/cuda_checks.h"
 #include "tests/meter_batch.h"
 #include "tests/packed_checks.h"
 
 using st::Device;
 using st::Tensor;
+using st::testing::ExactMath;
+using st::testing::kNoGpu;
 
 namespace {
-
-const bool kNoGpu = st::cuda::device_count() == 0;
-
-struct ExactMath {
-  ExactMath() { st::cuda::set_math(st::cuda::Math::F32); }
-  ~ExactMath() { st::cuda::set_math(st::cuda::Math::TF32); }
-};
 
 Tensor ints_on_gpu(const std::vector<int32_t>& v) {
   return Tensor::from_ints(v, {int64_t(v.size())}).to(Device::CUDA);
