@@ -100,6 +100,15 @@ __global__ void unary_forward_kernel(Unary op, float* out, const float* x, int64
   GRID_STRIDE_LOOP(i, n) out[i] = cpu::unary(op, x[i]);
 }
 
+// y[r, j] += bias[j], out = op(y): thread per element
+__global__ void bias_act_kernel(Unary op, float* out, float* y, const float* bias, int64_t rows, int n) {
+  GRID_STRIDE_LOOP(i, rows * n) {
+    const float pre = y[i] + (bias ? bias[i % n] : 0.0f);
+    y[i] = pre;
+    out[i] = cpu::unary(op, pre);
+  }
+}
+
 __global__ void unary_backward_kernel(Unary op, float* dx, const float* dout, const float* x, const float* out,
                                       int64_t n) {
   GRID_STRIDE_LOOP(i, n) dx[i] += dout[i] * cpu::unary_derivative(op, x[i], out[i]);
@@ -142,6 +151,12 @@ void unary_forward(Unary op, float* out, const float* x, int64_t n) {
   if (n == 0) return;
   unary_forward_kernel<<<blocks_for(n), kThreads, 0, stream()>>>(op, out, x, n);
   CUDA_CHECK_LAUNCH("unary_forward_kernel");
+}
+
+void bias_act_forward(Unary op, float* out, float* y, const float* bias, int64_t rows, int n) {
+  if (rows * n == 0) return;
+  bias_act_kernel<<<blocks_for(rows * n), kThreads, 0, stream()>>>(op, out, y, bias, rows, n);
+  CUDA_CHECK_LAUNCH("bias_act_kernel");
 }
 
 void unary_backward(Unary op, float* dx, const float* dout, const float* x, const float* out, int64_t n) {

@@ -9,10 +9,15 @@ namespace {
 
 constexpr int kRowThreads = 128;
 
+// With a residual, the row first becomes x + residual, written to `sum`
+// (the backward pass normalises it) and read back from there: each thread
+// reads only what it wrote, so no barrier is needed between.
 __global__ void layernorm_kernel(float* out, float* mean, float* rstd, const float* x, const float* weight,
-                                 const float* bias, int n, float eps) {
+                                 const float* bias, int n, float eps, const float* residual, float* sum) {
   const int64_t r = blockIdx.x;
-  const float* xr = x + r * n;
+  if (residual)
+    for (int i = threadIdx.x; i < n; i += blockDim.x) sum[r * n + i] = x[r * n + i] + residual[r * n + i];
+  const float* xr = residual ? sum + r * n : x + r * n;
   float s = 0.0f;
   for (int i = threadIdx.x; i < n; i += blockDim.x) s += xr[i];
   const float m = block_sum(s) / float(n);
@@ -66,7 +71,15 @@ void layernorm_dparams(float* dweight, float* dbias, const float* dout, const fl
 void layernorm_forward(float* out, float* mean, float* rstd, const float* x, const float* weight, const float* bias,
                        int64_t rows, int n, float eps) {
   if (rows == 0 || n == 0) return;
-  layernorm_kernel<<<row_blocks(rows), kRowThreads, 0, stream()>>>(out, mean, rstd, x, weight, bias, n, eps);
+  layernorm_kernel<<<row_blocks(rows), kRowThreads, 0, stream()>>>(out, mean, rstd, x, weight, bias, n, eps, nullptr,
+                                                                    nullptr);
+  CUDA_CHECK_LAUNCH("layernorm_kernel");
+}
+
+void add_layernorm_forward(float* out, float* sum, float* mean, float* rstd, const float* x, const float* r,
+                           const float* weight, const float* bias, int64_t rows, int n, float eps) {
+  if (rows == 0 || n == 0) return;
+  layernorm_kernel<<<row_blocks(rows), kRowThreads, 0, stream()>>>(out, mean, rstd, x, weight, bias, n, eps, r, sum);
   CUDA_CHECK_LAUNCH("layernorm_kernel");
 }
 

@@ -34,6 +34,11 @@ Tensor embedding(const Tensor& ids, const Tensor& table);  // ids i32 (...), tab
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
 // x (..., in) @ w^T + b: w (out, in) as PyTorch stores it; bias optional.
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b = Tensor());
+// act(x @ w^T + b) with the bias and the activation in one pass over the
+// output (an FFN's first layer, a trimmer's hidden layer). The same values
+// as act(linear(x, w, b)).
+enum class Activation { Gelu, QuickGelu };
+Tensor linear_act(const Tensor& x, const Tensor& w, const Tensor& b, Activation act);
 
 // --- element-wise, broadcasting ---------------------------------------------
 // Shapes broadcast as in NumPy (align on the right, size-1 dims stretch):
@@ -83,6 +88,10 @@ Tensor log_softmax(const Tensor& x);  // over the last dim
 // straight-through path). A row whose keys are all masked gives zeros.
 Tensor masked_softmax(const Tensor& scores, const Tensor& mask);
 Tensor layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps = 1e-5f);
+// layernorm(x + residual) with the sum and the normalisation in one pass (a
+// post-LN block's "Add & Norm"). The same values as layernorm(x + residual).
+Tensor add_layernorm(const Tensor& x, const Tensor& residual, const Tensor& weight, const Tensor& bias,
+                     float eps = 1e-5f);
 
 // --- randomness -------------------------------------------------------------
 // Inverted dropout: zeroes with probability p, scales the rest by 1/(1-p).

@@ -136,6 +136,12 @@ std::vector<OpCase> op_cases() {
       {"matmul shared b", {{{3, 7, 9}}, {{9, 5}}}, [](V x) { return st::matmul(x[0], x[1]); }},
       {"matmul a^T shared b", {{{3, 9, 7}}, {{9, 5}}}, [](V x) { return st::matmul(x[0], x[1], true, false); }},
       {"linear", {{{3, 7, 19}}, {{11, 19}}, {{11}}}, [](V x) { return st::linear(x[0], x[1], x[2]); }},
+      {"linear_act gelu", {{{3, 7, 19}}, {{11, 19}}, {{11}}},
+       [](V x) { return st::linear_act(x[0], x[1], x[2], st::Activation::Gelu); }},
+      {"linear_act quick_gelu, no bias", {{{5, 23}}, {{13, 23}}},
+       [](V x) { return st::linear_act(x[0], x[1], Tensor(), st::Activation::QuickGelu); }},
+      {"add_layernorm", {{{3, 7, 45}}, {{3, 7, 45}}, {{45}}, {{45}}},
+       [](V x) { return st::add_layernorm(x[0], x[1], x[2], x[3]); }},
       // Many rows: the bias and LayerNorm parameter gradients are column sums
       // in several parts (cuda/column_sums.h; 16448 rows reach its 256-part
       // limit, with an empty last part). The CPU adds thousands of rows one

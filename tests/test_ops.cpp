@@ -299,6 +299,24 @@ std::vector<OpCase> op_cases() {
   add_case({"linear without bias", {{{11, 6}}, {{3, 6}}},
             [](auto& x) { return linear(x[0], x[1]); },
             [](auto& x) { return ref_matmul(x[0], x[1], 1, 11, 3, 6, false, true, false); }});
+  // the fused act(x w^T + b): GELU with a bias, QuickGELU without
+  add_case({"linear_act gelu", {{{2, 5, 7}}, {{9, 7}}, {{9}}},
+            [](auto& x) { return linear_act(x[0], x[1], x[2], Activation::Gelu); },
+            [](auto& x) {
+              Vec y = ref_matmul(x[0], x[1], 1, 10, 9, 7, false, true, false);
+              for (size_t i = 0; i < y.size(); i++) {
+                const double v = y[i] + x[2][i % 9];
+                y[i] = 0.5 * v * (1 + std::erf(v / std::sqrt(2.0)));
+              }
+              return y;
+            }});
+  add_case({"linear_act quick_gelu without bias", {{{11, 6}}, {{13, 6}}},
+            [](auto& x) { return linear_act(x[0], x[1], Tensor(), Activation::QuickGelu); },
+            [](auto& x) {
+              Vec y = ref_matmul(x[0], x[1], 1, 11, 13, 6, false, true, false);
+              for (double& v : y) v = v / (1 + std::exp(-1.702 * v));
+              return y;
+            }});
 
   // --- broadcasting binary ops
   struct Bin { const char* name; Tensor (*op)(const Tensor&, const Tensor&); double (*f)(double, double); };
@@ -388,6 +406,13 @@ std::vector<OpCase> op_cases() {
   add_case({"layernorm", {{{3, 5, 13}}, {{13}}, {{13}}},
             [](auto& x) { return layernorm(x[0], x[1], x[2], 1e-5f); },
             [](auto& x) { return ref_layernorm(x[0], x[1], x[2], 13, 1e-5); }});
+  add_case({"layernorm of a sum (add_layernorm)", {{{3, 5, 13}}, {{3, 5, 13}}, {{13}}, {{13}}},
+            [](auto& x) { return add_layernorm(x[0], x[1], x[2], x[3], 1e-5f); },
+            [](auto& x) {
+              Vec sum(x[0].size());
+              for (size_t i = 0; i < sum.size(); i++) sum[i] = x[0][i] + x[1][i];
+              return ref_layernorm(sum, x[2], x[3], 13, 1e-5);
+            }});
 
   // --- data movement
   add_case({"reshape", {{{3, 5, 7}}}, [](auto& x) { return reshape(x[0], {5, -1}) * 2.0f; },
@@ -611,4 +636,14 @@ TEST_CASE("ops: a dropped key scoring far above the kept ones gets a finite mask
   const double dot = 0.5 * A[0] - 1.0 * A[1];  // the dropped key's weight in the output is 0
   REQUIRE(std::isfinite(dm[2]));
   CHECK(dm[2] == doctest::Approx(2.0 - dot).epsilon(1e-6));  // its weight e / (S + e) is 1 to float precision
+}
+
+TEST_CASE("ops: the fused linear_act and add_layernorm give the unfused ops' values, bit for bit") {
+  st::Rng rng(17);
+  Tensor x = Tensor::randn({5, 3, 24}, rng), w = Tensor::randn({19, 24}, rng), b = Tensor::randn({19}, rng);
+  for (auto [act, unfused] : {std::pair{st::Activation::Gelu, &st::gelu}, std::pair{st::Activation::QuickGelu, &st::quick_gelu}})
+    CHECK(st::linear_act(x, w, b, act).to_vector() == unfused(st::linear(x, w, b)).to_vector());
+  Tensor r = Tensor::randn({5, 3, 24}, rng), g = Tensor::randn({24}, rng), beta = Tensor::randn({24}, rng);
+  CHECK(st::add_layernorm(x, r, g, beta, 1e-5f).to_vector() == st::layernorm(x + r, g, beta, 1e-5f).to_vector());
+  CHECK_THROWS_AS(st::add_layernorm(x, Tensor::randn({5, 24}, rng), g, beta, 1e-5f), st::ShapeError);
 }

@@ -85,6 +85,25 @@ static void unary_backward_loop(float* dx, const float* dout, const float* x, co
   simd_for(n, use_threads(n, 1 << 14), [=](int64_t i) { dx[i] += dout[i] * unary_derivative(op, x[i], out[i]); });
 }
 
+// Two loops, the bias row by row and then the activation over the whole
+// buffer at once: a row-by-row activation would leave each row's last
+// n % 16 elements to the scalar erff and expf, which differ from the vector
+// ones in the last bits, and the fused op must give the unfused ops' values.
+// (On the GPU it is one pass.)
+template <Unary op>
+static void bias_act_loop(float* out, float* y, const float* bias, int64_t rows, int n) {
+  if (bias) add_bias_rows(y, bias, rows, n);
+  unary_forward_loop<op>(out, y, rows * n);
+}
+
+void bias_act_forward(Unary op, float* out, float* y, const float* bias, int64_t rows, int n) {
+  switch (op) {
+    case Unary::Gelu: return bias_act_loop<Unary::Gelu>(out, y, bias, rows, n);
+    case Unary::QuickGelu: return bias_act_loop<Unary::QuickGelu>(out, y, bias, rows, n);
+    default: throw ArgumentError("bias_act_forward: compiled for GELU and QuickGELU only");
+  }
+}
+
 // The run-time op picks the loop compiled for it.
 void unary_forward(Unary op, float* out, const float* x, int64_t n) {
   switch (op) {

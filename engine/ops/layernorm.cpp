@@ -6,26 +6,40 @@
 namespace st {
 namespace cpu {
 
+// One row: out = (x - mean) / sqrt(var + eps) * w + b; returns mean and 1/std.
+static void normalize_row(float* out, float& mean, float& rstd, const float* x, const float* weight,
+                          const float* bias, int n, float eps) {
+  // `omp simd reduction` lets the compiler reorder these sums into vector
+  // lanes (it may not by itself: float addition is not associative).
+  float m = 0.0f;
+#pragma omp simd reduction(+ : m)
+  for (int i = 0; i < n; i++) m += x[i];
+  m /= float(n);
+  float v = 0.0f;  // two passes: the one-pass formula cancels badly when |mean| >> std
+#pragma omp simd reduction(+ : v)
+  for (int i = 0; i < n; i++) v += (x[i] - m) * (x[i] - m);
+  v /= float(n);
+  const float s = 1.0f / std::sqrt(v + eps);
+#pragma omp simd
+  for (int i = 0; i < n; i++) out[i] = (x[i] - m) * s * weight[i] + bias[i];
+  mean = m;
+  rstd = s;
+}
+
 void layernorm_forward(float* out, float* mean, float* rstd, const float* x, const float* weight,
                        const float* bias, int64_t rows, int n, float eps) {
   parallel_for(rows, use_threads(rows * n, 1 << 14), [&](int64_t r) {
-    const float* xr = x + r * n;
-    // `omp simd reduction` lets the compiler reorder these sums into vector
-    // lanes (it may not by itself: float addition is not associative).
-    float m = 0.0f;
-#pragma omp simd reduction(+ : m)
-    for (int i = 0; i < n; i++) m += xr[i];
-    m /= float(n);
-    float v = 0.0f;  // two passes: the one-pass formula cancels badly when |mean| >> std
-#pragma omp simd reduction(+ : v)
-    for (int i = 0; i < n; i++) v += (xr[i] - m) * (xr[i] - m);
-    v /= float(n);
-    float s = 1.0f / std::sqrt(v + eps);
-    float* yr = out + r * n;
+    normalize_row(out + r * n, mean[r], rstd[r], x + r * n, weight, bias, n, eps);
+  });
+}
+
+void add_layernorm_forward(float* out, float* sum, float* mean, float* rstd, const float* x, const float* r,
+                           const float* weight, const float* bias, int64_t rows, int n, float eps) {
+  parallel_for(rows, use_threads(rows * n, 1 << 14), [&](int64_t row) {
+    float* s = sum + row * n;
 #pragma omp simd
-    for (int i = 0; i < n; i++) yr[i] = (xr[i] - m) * s * weight[i] + bias[i];
-    mean[r] = m;
-    rstd[r] = s;
+    for (int i = 0; i < n; i++) s[i] = x[row * n + i] + r[row * n + i];
+    normalize_row(out + row * n, mean[row], rstd[row], s, weight, bias, n, eps);
   });
 }
 
@@ -73,15 +87,19 @@ void layernorm_backward(float* dx, float* dweight, float* dbias, const float* do
 
 }  // namespace cpu
 
-Tensor layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps) {
-  const char* op = "layernorm";
-  Device dev = common_device(op, {&x, &weight, &bias});
+static void check_layernorm(const char* op, const Tensor& x, const Tensor& weight, const Tensor& bias, float eps) {
   require_f32(op, x, "x");
   if (x.rank() == 0 || weight.shape() != Shape{x.dim(-1)} || bias.shape() != Shape{x.dim(-1)})
     shape_error(op, "x " + to_string(x.shape()) + " needs weight and bias of shape (" +
                         (x.rank() ? std::to_string(x.dim(-1)) : "?") + "), got " + to_string(weight.shape()) +
                         " and " + to_string(bias.shape()));
-  if (!(eps > 0.0f)) throw ArgumentError("layernorm: eps must be positive, got " + std::to_string(eps));
+  if (!(eps > 0.0f)) throw ArgumentError(std::string(op) + ": eps must be positive, got " + std::to_string(eps));
+}
+
+Tensor layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps) {
+  const char* op = "layernorm";
+  Device dev = common_device(op, {&x, &weight, &bias});
+  check_layernorm(op, x, weight, bias, eps);
   int64_t rows = rows_of(x);
   int n = int(x.dim(-1));
   Tensor out = Tensor::empty(x.shape(), DType::F32, dev);
@@ -95,6 +113,35 @@ Tensor layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, floa
       float* db = bias.requires_grad() ? grad_buffer(bias).data() : nullptr;
       ST_KERNEL(dev, layernorm_backward)(dx, dw, db, dout.data(), x.data(), weight.data(), mean.data(),
                                          rstd.data(), rows, n);
+    });
+  }
+  return out;
+}
+
+Tensor add_layernorm(const Tensor& x, const Tensor& residual, const Tensor& weight, const Tensor& bias, float eps) {
+  const char* op = "add_layernorm";
+  Device dev = common_device(op, {&x, &residual, &weight, &bias});
+  check_layernorm(op, x, weight, bias, eps);
+  require_f32(op, residual, "residual");
+  if (residual.shape() != x.shape())
+    shape_error(op, "x " + to_string(x.shape()) + " and residual " + to_string(residual.shape()) + " must match");
+  int64_t rows = rows_of(x);
+  int n = int(x.dim(-1));
+  Tensor out = Tensor::empty(x.shape(), DType::F32, dev), sum = Tensor::empty(x.shape(), DType::F32, dev);
+  Tensor mean = Tensor::empty({rows}, DType::F32, dev), rstd = Tensor::empty({rows}, DType::F32, dev);
+  ST_KERNEL(dev, add_layernorm_forward)(out.data(), sum.data(), mean.data(), rstd.data(), x.data(), residual.data(),
+                                        weight.data(), bias.data(), rows, n, eps);
+  if (needs_grad({&x, &residual, &weight, &bias})) {
+    record(op, out, [x, residual, weight, bias, sum, mean, rstd, rows, n, dev](const Tensor& dout) {
+      // The gradient of the sum reaches both addends unchanged.
+      const bool to_sum = x.requires_grad() || residual.requires_grad();
+      Tensor dsum = to_sum ? Tensor::zeros(x.shape(), DType::F32, dev) : Tensor();
+      float* dw = weight.requires_grad() ? grad_buffer(weight).data() : nullptr;
+      float* db = bias.requires_grad() ? grad_buffer(bias).data() : nullptr;
+      ST_KERNEL(dev, layernorm_backward)(to_sum ? dsum.data() : nullptr, dw, db, dout.data(), sum.data(),
+                                         weight.data(), mean.data(), rstd.data(), rows, n);
+      for (const Tensor* t : {&x, &residual})
+        if (t->requires_grad()) ST_KERNEL(dev, scale_backward)(grad_buffer(*t).data(), dsum.data(), 1.0f, t->numel());
     });
   }
   return out;

@@ -118,15 +118,31 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool ta, bool tb) {
 }
 
 // y = x w^T + b: x (..., in), w (out, in), b (out) -> y (..., out)
-Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
-  const char* op = "linear";
-  Device dev = b.defined() ? common_device(op, {&x, &w, &b}) : common_device(op, {&x, &w});
+static void check_linear(const char* op, const Tensor& x, const Tensor& w, const Tensor& b) {
   require_f32(op, x, "x");
   require_f32(op, w, "weight");
   if (x.rank() < 1 || w.rank() != 2 || w.dim(1) != x.dim(-1) || (b.defined() && b.shape() != Shape{w.dim(0)}))
     shape_error(op, "x " + to_string(x.shape()) + " needs weight (out, " + (x.rank() ? std::to_string(x.dim(-1)) : "?") +
                         ") and bias (out), got weight " + to_string(w.shape()) + " and bias " +
                         (b.defined() ? to_string(b.shape()) : "none"));
+}
+
+// The gradients of y = x w^T + b from dy (rows, out), added to x's, w's and b's.
+static void linear_backward(Device dev, const Tensor& x, const Tensor& w, const Tensor& b, const float* dy,
+                            int64_t rows, int in, int n_out) {
+  if (x.requires_grad())  // dx (rows, in) += dy (rows, out) @ w (out, in)
+    ST_KERNEL(dev, gemm)(false, false, int(rows), in, n_out, 1.0f, dy, n_out, w.data(), in, 1.0f,
+                         grad_buffer(x).data(), in);
+  if (w.requires_grad())  // dw (out, in) += dy^T (out, rows) @ x (rows, in)
+    ST_KERNEL(dev, gemm)(true, false, n_out, in, int(rows), 1.0f, dy, n_out, x.data(), in, 1.0f,
+                         grad_buffer(w).data(), in);
+  if (b.defined() && b.requires_grad()) ST_KERNEL(dev, sum_columns_add)(grad_buffer(b).data(), dy, rows, n_out);
+}
+
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
+  const char* op = "linear";
+  Device dev = b.defined() ? common_device(op, {&x, &w, &b}) : common_device(op, {&x, &w});
+  check_linear(op, x, w, b);
   int in = int(w.dim(1)), n_out = int(w.dim(0));
   int64_t rows = rows_of(x);
   Shape out_shape = x.shape();
@@ -134,18 +150,32 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   Tensor y = Tensor::empty(out_shape, DType::F32, dev);
   ST_KERNEL(dev, gemm)(false, true, int(rows), n_out, in, 1.0f, x.data(), in, w.data(), in, 0.0f, y.data(), n_out);
   if (b.defined()) ST_KERNEL(dev, add_bias_rows)(y.data(), b.data(), rows, n_out);
-  if (needs_grad({&x, &w, &b})) {
+  if (needs_grad({&x, &w, &b}))
     record(op, y, [dev, x, w, b, rows, in, n_out](const Tensor& dy) {
-      if (x.requires_grad())  // dx (rows, in) += dy (rows, out) @ w (out, in)
-        ST_KERNEL(dev, gemm)(false, false, int(rows), in, n_out, 1.0f, dy.data(), n_out, w.data(), in, 1.0f,
-                             grad_buffer(x).data(), in);
-      if (w.requires_grad())  // dw (out, in) += dy^T (out, rows) @ x (rows, in)
-        ST_KERNEL(dev, gemm)(true, false, n_out, in, int(rows), 1.0f, dy.data(), n_out, x.data(), in, 1.0f,
-                             grad_buffer(w).data(), in);
-      if (b.defined() && b.requires_grad())
-        ST_KERNEL(dev, sum_columns_add)(grad_buffer(b).data(), dy.data(), rows, n_out);
+      linear_backward(dev, x, w, b, dy.data(), rows, in, n_out);
     });
-  }
+  return y;
+}
+
+Tensor linear_act(const Tensor& x, const Tensor& w, const Tensor& b, Activation act) {
+  const char* op = "linear_act";
+  Device dev = b.defined() ? common_device(op, {&x, &w, &b}) : common_device(op, {&x, &w});
+  check_linear(op, x, w, b);
+  const cpu::Unary unary = act == Activation::Gelu ? cpu::Unary::Gelu : cpu::Unary::QuickGelu;
+  int in = int(w.dim(1)), n_out = int(w.dim(0));
+  int64_t rows = rows_of(x);
+  Shape out_shape = x.shape();
+  out_shape.back() = n_out;
+  // pre = x w^T + b, kept for the backward pass; y = act(pre)
+  Tensor pre = Tensor::empty(out_shape, DType::F32, dev), y = Tensor::empty(out_shape, DType::F32, dev);
+  ST_KERNEL(dev, gemm)(false, true, int(rows), n_out, in, 1.0f, x.data(), in, w.data(), in, 0.0f, pre.data(), n_out);
+  ST_KERNEL(dev, bias_act_forward)(unary, y.data(), pre.data(), b.defined() ? b.data() : nullptr, rows, n_out);
+  if (needs_grad({&x, &w, &b}))
+    record(op, y, [dev, x, w, b, pre, y, unary, rows, in, n_out](const Tensor& dy) {
+      Tensor dpre = Tensor::zeros(pre.shape(), DType::F32, dev);
+      ST_KERNEL(dev, unary_backward)(unary, dpre.data(), dy.data(), pre.data(), y.data(), pre.numel());
+      linear_backward(dev, x, w, b, dpre.data(), rows, in, n_out);
+    });
   return y;
 }
 
