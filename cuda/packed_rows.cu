@@ -4,6 +4,7 @@
 // on every run.
 #include "cuda/launch.h"
 #include "engine/kernels.h"
+#include "engine/ops/vector_math.h"
 
 namespace st::cuda {
 namespace {
@@ -16,6 +17,18 @@ __global__ void segment_mean_kernel(float* out, const float* x, const int32_t* a
     for (int64_t r = first; r < last; r++) sum += x[r * d + j];
     out[i] = last > first ? sum / float(last - first) : 0.0f;
   }
+}
+
+// out[r] = b + w . gelu(a[r]): a warp per row, its lanes striding the row
+__global__ void gelu_dot_rows_kernel(float* out, const float* a, const float* w, const float* b, int64_t rows,
+                                     int n) {
+  const int64_t r = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  if (r >= rows) return;  // a whole warp leaves together
+  const int lane = threadIdx.x % 32;
+  float dot = 0.0f;
+  for (int j = lane; j < n; j += 32) dot += w[j] * cpu::gelu_of(a[r * n + j]);
+  dot = warp_sum(dot);
+  if (lane == 0) out[r] = b[0] + dot;
 }
 
 __global__ void gather_columns_kernel(float* out, const float* x, int64_t ld, int64_t c0, const int32_t* rows,
@@ -39,6 +52,13 @@ void segment_mean_forward(float* out, const float* x, const int32_t* at, int64_t
   if (B * d == 0) return;
   segment_mean_kernel<<<blocks_for(B * d), kThreads, 0, stream()>>>(out, x, at, B, d);
   CUDA_CHECK_LAUNCH("segment_mean_kernel");
+}
+
+void gelu_dot_rows(float* out, const float* a, const float* w, const float* b, int64_t rows, int n) {
+  if (rows == 0) return;
+  constexpr int kWarps = kThreads / 32;
+  gelu_dot_rows_kernel<<<unsigned((rows + kWarps - 1) / kWarps), kThreads, 0, stream()>>>(out, a, w, b, rows, n);
+  CUDA_CHECK_LAUNCH("gelu_dot_rows_kernel");
 }
 
 void gather_columns(float* out, const float* x, int64_t ld, int64_t c0, const int32_t* rows, int64_t n,

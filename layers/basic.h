@@ -37,6 +37,8 @@ struct Linear {
   Linear() = default;
   Linear(int in, int out, Rng& rng, float stddev = 0.02f);
   Tensor forward(const Tensor& x) const { return linear(x, weight, bias); }  // (..., in) -> (..., out)
+  // act(x W^T + b), the bias and the activation in one pass
+  Tensor forward(const Tensor& x, Activation act) const { return linear_act(x, weight, bias, act); }
   void name(NamedParams& p, const std::string& prefix);  // prefix.weight, prefix.bias
 };
 
@@ -46,6 +48,10 @@ struct LayerNorm {
   LayerNorm() = default;
   LayerNorm(int d, float eps);
   Tensor forward(const Tensor& x) const { return layernorm(x, weight, bias, eps); }
+  // LayerNorm(x + residual), the sum and the normalisation in one pass (Add & Norm)
+  Tensor forward(const Tensor& x, const Tensor& residual) const {
+    return add_layernorm(x, residual, weight, bias, eps);
+  }
   void name(NamedParams& p, const std::string& prefix);
 };
 

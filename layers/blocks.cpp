@@ -7,7 +7,7 @@ BertAttention::BertAttention(int d, int heads, float eps, float dropout_, Rng& r
 
 Tensor BertAttention::forward(const Tensor& x, const Tensor& memory, const Tensor& key_keep,
                               const Tensor& head_keep, const Context& ctx) const {
-  return norm.forward(x + ctx.drop(attn.forward(x, memory, key_keep, head_keep, ctx), dropout));
+  return norm.forward(x, ctx.drop(attn.forward(x, memory, key_keep, head_keep, ctx), dropout));
 }
 
 void BertAttention::name(NamedParams& p, const std::string& prefix) {
@@ -22,8 +22,8 @@ BertFeedForward::BertFeedForward(int d, int ffn, float eps, float dropout_, Rng&
     : intermediate(d, ffn, rng), output(ffn, d, rng), norm(d, eps), dropout(dropout_) {}
 
 Tensor BertFeedForward::forward(const Tensor& x, const Context& ctx) const {
-  Tensor h = gelu(intermediate.forward(x));  // (B, N, f)
-  return norm.forward(x + ctx.drop(output.forward(h), dropout));
+  Tensor h = intermediate.forward(x, Activation::Gelu);  // (B, N, f)
+  return norm.forward(x, ctx.drop(output.forward(h), dropout));
 }
 
 void BertFeedForward::name(NamedParams& p, const std::string& prefix) {
@@ -67,7 +67,7 @@ ViTBlock::ViTBlock(int d, int heads, int ffn, float eps, Rng& rng)
 
 Tensor ViTBlock::forward(const Tensor& x, const Tensor& keep, const Context& ctx) const {
   Tensor h = x + attn.self(ln_1.forward(x), keep, Tensor(), ctx);
-  return h + c_proj.forward(quick_gelu(c_fc.forward(ln_2.forward(h))));
+  return h + c_proj.forward(c_fc.forward(ln_2.forward(h), Activation::QuickGelu));
 }
 
 void ViTBlock::name(NamedParams& p, const std::string& prefix) {

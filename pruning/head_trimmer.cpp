@@ -12,7 +12,7 @@ HeadTrimmer::HeadTrimmer(int q_width, int hidden, int heads, Rng& rng)
 Tensor HeadTrimmer::logits(const Tensor& x, const Tensor& keep, const Tensor& other, const Tensor& other_keep) const {
   Tensor q = masked_mean(x, keep);                                               // (B, d)
   if (other.defined()) q = concat({q, masked_mean(other, other_keep)}, -1);       // (B, 2d)
-  return fc2.forward(gelu(fc1.forward(ln.forward(q))));                          // (B, H)
+  return fc2.forward(fc1.forward(ln.forward(q), Activation::Gelu));              // (B, H)
 }
 
 void HeadTrimmer::name(NamedParams& p, const std::string& prefix) {

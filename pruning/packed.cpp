@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <exception>
+#include <optional>
 
 #include "engine/error.h"
 #include "engine/kernels.h"
@@ -24,11 +25,12 @@ Segments even_segments(int64_t examples, int64_t rows = 1) {
   return s;
 }
 
-// y = x W^T + b: one GEMM over every packed row; each example pays for its rows.
-Tensor linear_rows(const Tensor& x, const Linear& lin, const Segments& s, Flops& flops) {
+// y = x W^T + b (then act, if given): one GEMM over every packed row; each example pays for its rows.
+Tensor linear_rows(const Tensor& x, const Linear& lin, const Segments& s, Flops& flops,
+                   std::optional<Activation> act = std::nullopt) {
   const double per_row = 2.0 * double(lin.weight.dim(0)) * double(lin.weight.dim(1));
   for (int64_t b = 0; b < s.examples(); b++) flops[size_t(b)] += per_row * double(s.rows(b));
-  return linear(x, lin.weight, lin.bias);
+  return act ? lin.forward(x, *act) : lin.forward(x);
 }
 
 // Row numbers built on the host (segment offsets, kept rows), as an i32 tensor on `device`.
@@ -240,17 +242,18 @@ Tensor packed_attention(const Attention& attention, const Tensor& x, const Segme
 
 Tensor bert_attention(const BertAttention& a, const Tensor& x, const Segments& xs, const Tensor& memory,
                       const Segments& ms, const Tensor& heads, Flops& flops) {
-  return a.norm.forward(x + packed_attention(a.attn, x, xs, memory, ms, heads, flops));
+  return a.norm.forward(x, packed_attention(a.attn, x, xs, memory, ms, heads, flops));
 }
 
 Tensor bert_ffn(const BertFeedForward& f, const Tensor& x, const Segments& s, Flops& flops) {
-  return f.norm.forward(x + linear_rows(gelu(linear_rows(x, f.intermediate, s, flops)), f.output, s, flops));
+  return f.norm.forward(x, linear_rows(linear_rows(x, f.intermediate, s, flops, Activation::Gelu), f.output, s, flops));
 }
 
 Tensor vit_block(const ViTBlock& blk, const Tensor& x, const Segments& s, Flops& flops) {
   Tensor ln = blk.ln_1.forward(x);
   Tensor h = x + packed_attention(blk.attn, ln, s, ln, s, Tensor(), flops);
-  return h + linear_rows(quick_gelu(linear_rows(blk.ln_2.forward(h), blk.c_fc, s, flops)), blk.c_proj, s, flops);
+  return h + linear_rows(linear_rows(blk.ln_2.forward(h), blk.c_fc, s, flops, Activation::QuickGelu), blk.c_proj, s,
+                         flops);
 }
 
 // --- trimmers on packed rows
@@ -262,10 +265,11 @@ Tensor vit_block(const ViTBlock& blk, const Tensor& x, const Segments& s, Flops&
 std::vector<float> trimmer_logits(const TokenTrimmer& tr, const Tensor& x, const Segments& s, const Tensor& summary,
                                   Flops& flops) {
   const int64_t B = s.examples(), dt = tr.width(), views = tr.cross_modal ? 3 : 2;
-  Tensor h = gelu(linear_rows(tr.ln_x.forward(x), tr.local, s, flops));  // (R, d_t)
+  Tensor h = linear_rows(tr.ln_x.forward(x), tr.local, s, flops, Activation::Gelu);  // (R, d_t)
   Tensor g = segment_mean(h, s);                                         // (B, d_t)
   Tensor u;
-  if (tr.cross_modal) u = gelu(linear_rows(tr.ln_c.forward(summary), tr.cross, even_segments(B), flops));  // (B, d_t)
+  if (tr.cross_modal)
+    u = linear_rows(tr.ln_c.forward(summary), tr.cross, even_segments(B), flops, Activation::Gelu);  // (B, d_t)
   // per example: b_1 + W_1g g + W_1u u   (B, d_t)
   const Device dev = x.device();
   const auto gemm = ST_KERNEL(dev, gemm);
@@ -283,7 +287,9 @@ std::vector<float> trimmer_logits(const TokenTrimmer& tr, const Tensor& x, const
   Tensor a = take_rows(per_example, example_of_row);  // (R, d_t)
   gemm(false, true, int(s.total()), int(dt), int(dt), 1.0f, h.data(), int(dt), W1, int(views * dt), 1.0f, a.data(),
        int(dt));
-  Tensor logits = linear(gelu(a), tr.mlp2.weight, tr.mlp2.bias);  // (R, 1)
+  Tensor logits = Tensor::empty({s.total()}, DType::F32, dev);  // (R)
+  ST_KERNEL(dev, gelu_dot_rows)(logits.data(), a.data(), tr.mlp2.weight.data(), tr.mlp2.bias.data(), s.total(),
+                                int(dt));
   for (int64_t b = 0; b < B; b++) flops[size_t(b)] += double(s.rows(b)) * (2.0 * double(dt * dt) + 2.0 * double(dt));
   return logits.to_vector();
 }
@@ -318,7 +324,8 @@ Tensor keep_heads(const HeadTrimmer& tr, const Tensor& x, const Segments& xs, co
   Tensor q = segment_mean(x, xs);                                          // (B, d)
   if (other.defined()) q = concat({q, segment_mean(other, os)}, -1);      // (B, 2d)
   const Segments each = even_segments(xs.examples());
-  Tensor logits = linear_rows(gelu(linear_rows(tr.ln.forward(q), tr.fc1, each, flops)), tr.fc2, each, flops);
+  Tensor hidden = linear_rows(tr.ln.forward(q), tr.fc1, each, flops, Activation::Gelu);
+  Tensor logits = linear_rows(hidden, tr.fc2, each, flops);
   return kept_heads(logits.to(Device::CPU), theta);  // (B, H) on the host, where the rows per head are listed
 }
 

@@ -17,12 +17,12 @@ TokenTrimmer::TokenTrimmer(int d, int d_c, int d_t, bool cross_modal_, Rng& rng)
 
 Tensor TokenTrimmer::logits(const Tensor& x, const Tensor& keep, const Tensor& c) const {
   const int64_t b = x.dim(0), n = x.dim(1), dt = width();
-  Tensor h = gelu(local.forward(ln_x.forward(x)));                          // (B, N, d_t)
+  Tensor h = local.forward(ln_x.forward(x), Activation::Gelu);              // (B, N, d_t)
   Tensor spread = Tensor::zeros({b, n, dt}, DType::F32, x.device());                     // broadcasts a (B, 1, d_t) to every token
   Tensor g = spread + reshape(masked_mean(h, keep), {b, 1, dt});             // (B, N, d_t)
   std::vector<Tensor> views = {h, g};
-  if (cross_modal) views.push_back(spread + reshape(gelu(cross.forward(ln_c.forward(c))), {b, 1, dt}));
-  Tensor s = mlp2.forward(gelu(mlp1.forward(concat(views, -1))));           // (B, N, 1)
+  if (cross_modal) views.push_back(spread + reshape(cross.forward(ln_c.forward(c), Activation::Gelu), {b, 1, dt}));
+  Tensor s = mlp2.forward(mlp1.forward(concat(views, -1), Activation::Gelu));  // (B, N, 1)
   return reshape(s, {b, n});
 }
 

@@ -45,7 +45,8 @@ st::testing::MeterBatch on_gpu(const st::testing::MeterBatch& b) {
 
 }  // namespace
 
-TEST_CASE("cuda: the packed path's row kernels match the CPU" * doctest::skip(kNoGpu)) {
+TEST_CASE("cuda: the packed path's row kernels (means, GELU-dots, gathers, scatters) match the CPU" *
+          doctest::skip(kNoGpu)) {
   st::Rng rng(41);
   const int64_t d = 37, ld = 53, c0 = 9, cols = 29;
   // segments of 0, 1, 70 and 5 rows: an empty one, and one longer than a block of threads
@@ -58,6 +59,17 @@ TEST_CASE("cuda: the packed path's row kernels match the CPU" * doctest::skip(kN
   Tensor gx = x.to(Device::CUDA);
   st::cuda::segment_mean_forward(got.data(), gx.data(), ints_on_gpu(at).ints(), B, d);
   CHECK(st::testing::relative_error(got.to(Device::CPU), Tensor::from_vector(want, {B, d})) < 1e-6);
+
+  // rows of 37 (more than a warp's 32 lanes) and of 5 (fewer)
+  for (int64_t n : {d, int64_t(5)}) {
+    Tensor a = Tensor::randn({R, n}, rng), w = Tensor::randn({n}, rng), b = Tensor::randn({1}, rng);
+    std::vector<float> dots(static_cast<size_t>(R));
+    st::cpu::gelu_dot_rows(dots.data(), a.data(), w.data(), b.data(), R, int(n));
+    Tensor gdots = Tensor::empty({R}, st::DType::F32, Device::CUDA);
+    Tensor ga = a.to(Device::CUDA), gw = w.to(Device::CUDA), gb = b.to(Device::CUDA);
+    st::cuda::gelu_dot_rows(gdots.data(), ga.data(), gw.data(), gb.data(), R, int(n));
+    CHECK(st::testing::relative_error(gdots.to(Device::CPU), Tensor::from_vector(dots, {R})) < 1e-6);
+  }
 
   const std::vector<int32_t> rows = {70, 2, 41, 0, 75, 13, 58};  // distinct, out of order
   const int64_t n = int64_t(rows.size());

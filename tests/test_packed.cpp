@@ -189,7 +189,7 @@ TEST_CASE("packed: a batch split by examples across threads gives what one pass 
   omp_set_num_threads(threads);
 }
 
-TEST_CASE("packed: the row kernels (segment means, column gathers and scatters) against plain loops") {
+TEST_CASE("packed: the row kernels (segment means, GELU-dots, column gathers and scatters) against plain loops") {
   st::Rng rng(31);
   const int64_t d = 13, ld = 23, c0 = 5, cols = 11;
   const std::vector<int32_t> at = {0, 3, 3, 10, 17};  // four examples, the second without rows
@@ -203,6 +203,18 @@ TEST_CASE("packed: the row kernels (segment means, column gathers and scatters) 
       if (at[size_t(b + 1)] > at[size_t(b)]) want /= double(at[size_t(b + 1)] - at[size_t(b)]);
       CHECK(std::fabs(mean[size_t(b * d + j)] - want) < 1e-5);
     }
+
+  std::vector<float> dots(17);
+  Tensor w = Tensor::randn({d}, rng), b = Tensor::randn({1}, rng);
+  st::cpu::gelu_dot_rows(dots.data(), x.data(), w.data(), b.data(), 17, int(d));
+  for (int64_t r = 0; r < 17; r++) {
+    double want = b.data()[0];
+    for (int64_t j = 0; j < d; j++) {
+      const double v = x.data()[r * d + j];
+      want += w.data()[j] * 0.5 * v * (1 + std::erf(v / std::sqrt(2.0)));
+    }
+    CHECK(dots[size_t(r)] == doctest::Approx(want).epsilon(1e-5));
+  }
 
   const std::vector<int32_t> rows = {8, 0, 15, 3, 11};  // distinct, out of order
   const int64_t n = int64_t(rows.size());

@@ -3,6 +3,7 @@
 // written to a chosen set of rows (the examples that keep one head). They
 // have no gradient: the packed path runs only at inference.
 #include <algorithm>
+#include <vector>
 
 #include "engine/ops/common.h"
 
@@ -17,6 +18,22 @@ void segment_mean_forward(float* out, const float* x, const int32_t* at, int64_t
       for (int64_t j = 0; j < d; j++) o[j] += x[r * d + j];
     const float inv = 1.0f / float(std::max<int64_t>(1, at[b + 1] - at[b]));
     for (int64_t j = 0; j < d; j++) o[j] *= inv;
+  });
+}
+
+// GELU over the whole buffer first (a temporary the size of a): a
+// row-by-row GELU would leave each row's last n % 16 elements to the scalar
+// erff, whose last bits differ from the vector one the masked pass uses.
+void gelu_dot_rows(float* out, const float* a, const float* w, const float* b, int64_t rows, int n) {
+  thread_local std::vector<float> g;
+  g.resize(size_t(rows * n));
+  unary_forward(Unary::Gelu, g.data(), a, rows * n);
+  parallel_for(rows, use_threads(rows * n, 1 << 15), [&](int64_t r) {
+    const float* gr = g.data() + r * n;
+    float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+    for (int j = 0; j < n; j++) dot += w[j] * gr[j];
+    out[r] = b[0] + dot;
   });
 }
 
