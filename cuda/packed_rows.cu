@@ -23,12 +23,12 @@ __global__ void segment_mean_kernel(float* out, const float* x, const int32_t* a
 __global__ void gelu_dot_rows_kernel(float* out, const float* a, const float* w, const float* b, int64_t rows,
                                      int n) {
   const int64_t r = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
-  if (r >= rows) return;  // a whole warp leaves together
+  const bool row = r < rows;  // the last block's spare warps still join the warp sum, with zeros
   const int lane = threadIdx.x % 32;
   float dot = 0.0f;
-  for (int j = lane; j < n; j += 32) dot += w[j] * cpu::gelu_of(a[r * n + j]);
+  for (int j = lane; row && j < n; j += 32) dot += w[j] * cpu::gelu_of(a[r * n + j]);
   dot = warp_sum(dot);
-  if (lane == 0) out[r] = b[0] + dot;
+  if (row && lane == 0) out[r] = b[0] + dot;
 }
 
 __global__ void gather_columns_kernel(float* out, const float* x, int64_t ld, int64_t c0, const int32_t* rows,
