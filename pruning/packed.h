@@ -13,6 +13,11 @@
 // Every GEMM adds its FLOPs to the example whose rows it ran on, so a batch
 // reports what each example really cost; the tests hold that count equal to
 // the cost model (pruning/cost.h) for every example.
+//
+// It runs where the model's weights are (CPU or GPU), with the same code:
+// the gathers, segment means and per-head projections are kernels with a
+// CPU and a CUDA version (engine/ops/packed_rows.cpp), and each trimmer's
+// keep decisions are read back to the host, where the kept rows are listed.
 #pragma once
 #include <string>
 #include <vector>
