@@ -215,6 +215,22 @@ TEST_CASE("packed: the row kernels (segment means, GELU-dots, column gathers and
     }
     CHECK(dots[size_t(r)] == doctest::Approx(want).epsilon(1e-5));
   }
+  {  // enough rows for the threads to share them
+    const int64_t rows = 4099, n = 19;
+    Tensor a = Tensor::randn({rows, n}, rng), wn = Tensor::randn({n}, rng);
+    std::vector<float> got(static_cast<size_t>(rows));
+    st::cpu::gelu_dot_rows(got.data(), a.data(), wn.data(), b.data(), rows, int(n));
+    double worst = 0;
+    for (int64_t r = 0; r < rows; r++) {
+      double want = b.data()[0];
+      for (int64_t j = 0; j < n; j++) {
+        const double v = a.data()[r * n + j];
+        want += wn.data()[j] * 0.5 * v * (1 + std::erf(v / std::sqrt(2.0)));
+      }
+      worst = std::max(worst, std::fabs(got[size_t(r)] - want));
+    }
+    CHECK(worst < 1e-4);
+  }
 
   const std::vector<int32_t> rows = {8, 0, 15, 3, 11};  // distinct, out of order
   const int64_t n = int64_t(rows.size());

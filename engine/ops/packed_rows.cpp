@@ -25,11 +25,12 @@ void segment_mean_forward(float* out, const float* x, const int32_t* at, int64_t
 // row-by-row GELU would leave each row's last n % 16 elements to the scalar
 // erff, whose last bits differ from the vector one the masked pass uses.
 void gelu_dot_rows(float* out, const float* a, const float* w, const float* b, int64_t rows, int n) {
-  thread_local std::vector<float> g;
-  g.resize(size_t(rows * n));
-  unary_forward(Unary::Gelu, g.data(), a, rows * n);
+  thread_local std::vector<float> scratch;
+  scratch.resize(size_t(rows * n));
+  float* g = scratch.data();  // this thread's buffer, which the other threads read below
+  unary_forward(Unary::Gelu, g, a, rows * n);
   parallel_for(rows, use_threads(rows * n, 1 << 15), [&](int64_t r) {
-    const float* gr = g.data() + r * n;
+    const float* gr = g + r * n;
     float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
     for (int j = 0; j < n; j++) dot += w[j] * gr[j];
