@@ -209,9 +209,9 @@ Tensor packed_attention(const Attention& attention, const Tensor& x, const Segme
       if (keeps(b, h)) jobs.push_back({b, h});
   Tensor ctx = Tensor::empty({qs.total(), d}, DType::F32, dev);
   const Tensor keep_on_dev = every_head ? Tensor() : head_keep.to(dev);
-  ST_KERNEL(dev, packed_attention_forward)(ctx.data(), q.data(), kk.data(), v.data(), offsets_on(qs, dev).ints(),
-                                           offsets_on(ks, dev).ints(), every_head ? nullptr : keep_on_dev.data(),
-                                           int(B), int(H), int(k));
+  const Tensor q_at = offsets_on(qs, dev), k_at = &ks == &qs ? q_at : offsets_on(ks, dev);  // self: one upload
+  ST_KERNEL(dev, packed_attention_forward)(ctx.data(), q.data(), kk.data(), v.data(), q_at.ints(), k_at.ints(),
+                                           every_head ? nullptr : keep_on_dev.data(), int(B), int(H), int(k));
   for (const auto& [b, h] : jobs) flops[size_t(b)] += 4.0 * double(qs.rows(b)) * double(ks.rows(b)) * double(k);
 
   // --- output projection
@@ -319,11 +319,11 @@ std::vector<float> keep_tokens(const TokenTrimmer& tr, const Tensor& x, const Se
   return keep;
 }
 
-Tensor keep_heads(const HeadTrimmer& tr, const Tensor& x, const Segments& xs, const Tensor& other,
-                  const Segments& os, float theta, Flops& flops) {
-  Tensor q = segment_mean(x, xs);                                          // (B, d)
-  if (other.defined()) q = concat({q, segment_mean(other, os)}, -1);      // (B, 2d)
-  const Segments each = even_segments(xs.examples());
+// Head mask (B, H) from the means of the stream the module reads (B, d) and,
+// for MCA, of the other stream (B, d); a layer's four head trimmers share them.
+Tensor keep_heads(const HeadTrimmer& tr, const Tensor& mean, const Tensor& other_mean, float theta, Flops& flops) {
+  const Tensor q = other_mean.defined() ? concat({mean, other_mean}, -1) : mean;  // (B, d) or (B, 2d)
+  const Segments each = even_segments(mean.dim(0));
   Tensor hidden = linear_rows(tr.ln.forward(q), tr.fc1, each, flops, Activation::Gelu);
   Tensor logits = linear_rows(hidden, tr.fc2, each, flops);
   return kept_heads(logits.to(Device::CPU), theta);  // (B, H) on the host, where the rows per head are listed
@@ -422,10 +422,11 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
     if (int s = trimming && opt.keep_ratio == 0 ? TrimConfig::site(tc.cross_head_layers, l) : -1; s >= 0) {
       const auto& h = m_.cross_head_trimmers_[size_t(s)];
       const float theta = opt.head_threshold;
-      z_ts = keep_heads(h.text_self, t, ts, Tensor(), ts, theta, flops);
-      z_tc = keep_heads(h.text_cross, t, ts, v, vs, theta, flops);
-      z_vs = keep_heads(h.image_self, v, vs, Tensor(), vs, theta, flops);
-      z_vc = keep_heads(h.image_cross, v, vs, t, ts, theta, flops);
+      const Tensor t_mean = segment_mean(t, ts), v_mean = segment_mean(v, vs);  // (B, d) each
+      z_ts = keep_heads(h.text_self, t_mean, Tensor(), theta, flops);
+      z_tc = keep_heads(h.text_cross, t_mean, v_mean, theta, flops);
+      z_vs = keep_heads(h.image_self, v_mean, Tensor(), theta, flops);
+      z_vc = keep_heads(h.image_cross, v_mean, t_mean, theta, flops);
     }
     auto heads_kept = [&](std::vector<double> PassCounts<double>::*field, const Tensor& z) {
       for (int64_t b = 0; b < B; b++) {
