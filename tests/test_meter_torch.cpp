@@ -22,7 +22,7 @@ using st::testing::relative_error;
 namespace {
 
 struct Reference {
-  fs::path dir;
+  fs::path dir;  // removed at exit with the other statics (see reference())
   std::unique_ptr<st::weights::WeightsFile> cases;
   std::unique_ptr<st::Meter> model;
   std::string log;
@@ -30,10 +30,10 @@ struct Reference {
 
 // Built once: the Python side takes a few seconds.
 Reference& reference() {
+  static st::testing::TempDir dir;
   static Reference r = [] {
     Reference ref;
-    ref.dir = fs::temp_directory_path() / ("smarttrim_torch_meter_" + std::to_string(::getpid()));
-    fs::create_directories(ref.dir);
+    ref.dir = dir.path;
     auto [status, out] = st::testing::run_command(st::testing::python_interpreter() +
                                                   " tests/torch_meter.py --config configs/meter-tiny.json --out " +
                                                   ref.dir.string());
