@@ -98,10 +98,13 @@ bench: check-deps $(BUILD)/bench_gemm $(BUILD)/bench_meter $(BUILD)/bench_smartt
 	  OPENBLAS_CORETYPE=SkylakeX $(BUILD)/bench_gemm --json $(BUILD)/bench_gemm_skylakex.json; \
 	fi
 
-# --- the demo: only the program is built (not the tests), to keep it quick.
+# --- the demo: only the program is built, without CUDA (the demo runs on the
+# CPU, and nvcc would add a minute), in a folder of its own so that objects
+# built with and without CUDA never mix.
+DEMO_BUILD := $(BUILD)/demo
 demo: check-deps
-	$(MAKE) -j$$(nproc) $(BUILD)/smarttrim
-	tools/demo.sh
+	$(MAKE) -j$$(nproc) NVCC= BUILD=$(DEMO_BUILD) $(DEMO_BUILD)/smarttrim
+	SMARTTRIM=$(DEMO_BUILD)/smarttrim tools/demo.sh
 
 # --- tests: every suite, one summary line.
 test: check-deps all
