@@ -4,10 +4,10 @@
 # FLOPs targets (and once without cross-modal guidance, for the figures),
 # evaluates everything, and writes out/demo/report.md and summary.json.
 #
-# Every step is an ordinary `build/smarttrim` command, printed before it
-# runs, so the demo doubles as a tour of the command line. Sizes are chosen
-# to finish within 15 minutes on 2 CPU cores; DEMO_SCALE=2 doubles the
-# training steps.
+# Every step is an ordinary `smarttrim` command (`make demo` builds it without
+# CUDA, in build/demo), printed before it runs, so the demo doubles as a tour
+# of the command line. Sizes are chosen to finish within 15 minutes on 2 CPU
+# cores; DEMO_SCALE=2 doubles the training steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,8 +17,8 @@ scale=${DEMO_SCALE:-1}
 data=$out/data
 full_steps=$((8000 * scale))
 half_steps=$((3000 * scale))
-third_steps=$((1000 * scale))
-unguided_steps=$((300 * scale))
+third_steps=$((800 * scale))
+unguided_steps=$((200 * scale))
 start=$(date +%s)
 
 run() {  # prints, then runs, a command
