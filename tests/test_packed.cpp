@@ -204,31 +204,26 @@ TEST_CASE("packed: the row kernels (segment means, GELU-dots, column gathers and
       CHECK(std::fabs(mean[size_t(b * d + j)] - want) < 1e-5);
     }
 
+  // b + w . gelu(a[r]) in float64, for a (rows, n)
+  auto gelu_dot = [](const Tensor& a, const Tensor& w, const Tensor& b, int64_t r, int64_t n) {
+    double sum = b.data()[0];
+    for (int64_t j = 0; j < n; j++) {
+      const double v = a.data()[r * n + j];
+      sum += w.data()[j] * 0.5 * v * (1 + std::erf(v / std::sqrt(2.0)));
+    }
+    return sum;
+  };
   std::vector<float> dots(17);
   Tensor w = Tensor::randn({d}, rng), b = Tensor::randn({1}, rng);
   st::cpu::gelu_dot_rows(dots.data(), x.data(), w.data(), b.data(), 17, int(d));
-  for (int64_t r = 0; r < 17; r++) {
-    double want = b.data()[0];
-    for (int64_t j = 0; j < d; j++) {
-      const double v = x.data()[r * d + j];
-      want += w.data()[j] * 0.5 * v * (1 + std::erf(v / std::sqrt(2.0)));
-    }
-    CHECK(dots[size_t(r)] == doctest::Approx(want).epsilon(1e-5));
-  }
+  for (int64_t r = 0; r < 17; r++) CHECK(dots[size_t(r)] == doctest::Approx(gelu_dot(x, w, b, r, d)).epsilon(1e-5));
   {  // enough rows for the threads to share them
     const int64_t rows = 4099, n = 19;
     Tensor a = Tensor::randn({rows, n}, rng), wn = Tensor::randn({n}, rng);
     std::vector<float> got(static_cast<size_t>(rows));
     st::cpu::gelu_dot_rows(got.data(), a.data(), wn.data(), b.data(), rows, int(n));
     double worst = 0;
-    for (int64_t r = 0; r < rows; r++) {
-      double want = b.data()[0];
-      for (int64_t j = 0; j < n; j++) {
-        const double v = a.data()[r * n + j];
-        want += wn.data()[j] * 0.5 * v * (1 + std::erf(v / std::sqrt(2.0)));
-      }
-      worst = std::max(worst, std::fabs(got[size_t(r)] - want));
-    }
+    for (int64_t r = 0; r < rows; r++) worst = std::max(worst, std::fabs(got[size_t(r)] - gelu_dot(a, wn, b, r, n)));
     CHECK(worst < 1e-4);
   }
 
