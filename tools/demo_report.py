@@ -89,7 +89,7 @@ def report(out, elapsed):
               "threshold that meets the target on held-out data (speed-ups are measured at those thresholds). "
               "The trimmers-off row is the target-0.5 model at full capacity: fine-tuning trains the "
               "backbone too, so it shows how much of the trimmed accuracy comes from the extra training "
-              "(%.2f points above the full-capacity model)." % (100 * (runs["trim0.5-off"]["accuracy"] - full["accuracy"])),
+              "(%+.2f points against the full-capacity model)." % (100 * (runs["trim0.5-off"]["accuracy"] - full["accuracy"])),
               "Speed-ups come from `smarttrim bench`: the same trimmed model with its trimmers on and off, "
               "on the same 32 test examples, timed side by side (medians). Latency and throughput columns "
               "come from `smarttrim eval` runs, one after another, so compare those across rows with care.",
