@@ -2,6 +2,7 @@
 // dimension. Rows are independent, so every kernel runs rows in parallel.
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "engine/ops/common.h"
 #include "engine/ops/masked_softmax_math.h"
@@ -60,17 +61,21 @@ void log_softmax_backward(float* dx, const float* dout, const float* out, int64_
 
 // Row statistics of the masked softmax: m = max over kept keys (M_j != 0),
 // S = sum_k M_k exp(a_k - m). S == 0 means no key is kept.
-static inline void masked_row_stats(const float* a, const float* M, int Nk, float& m, float& S) {
-  m = -std::numeric_limits<float>::infinity();
-  for (int j = 0; j < Nk; j++)
-    if (M[j] != 0.0f) m = std::max(m, a[j]);
-  S = 0.0f;
-  if (m == -std::numeric_limits<float>::infinity()) return;
+struct RowStats {
+  float m, S;
+};
+static inline RowStats masked_row_stats(const float* a, const float* M, int Nk) {
+  float m = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : m)
+  for (int j = 0; j < Nk; j++) m = M[j] != 0.0f ? std::max(m, a[j]) : m;
+  float S = 0.0f;
+  if (m != -std::numeric_limits<float>::infinity()) {
+// A dropped key may score above m; its exponent is clamped to stay finite
+// (M_j = 0 then zeroes it), which keeps the loop free of branches.
 #pragma omp simd reduction(+ : S)
-  for (int j = 0; j < Nk; j++) {
-    const float e = vexp(a[j] - m);  // computed for every key, so the loop vectorises
-    S += M[j] != 0.0f ? M[j] * e : 0.0f;
+    for (int j = 0; j < Nk; j++) S += M[j] * vexp(std::min(a[j] - m, 0.0f));
   }
+  return {m, S};
 }
 
 // A_ij = M_j exp(a_ij - m_i) / S_i
@@ -79,14 +84,15 @@ void masked_softmax_forward(float* out, const float* scores, const float* mask, 
     const float* a = scores + row * Nk;
     const float* M = mask + (row / R) * Nk;
     float* A = out + row * Nk;
-    float m, S;
-    masked_row_stats(a, M, Nk, m, S);
-    float inv = S > 0.0f ? 1.0f / S : 0.0f;
+    const auto [m, S] = masked_row_stats(a, M, Nk);
+    const float inv = S > 0.0f ? 1.0f / S : 0.0f;
+    // Two loops, because GCC vectorises a loop that calls expf only when it
+    // compares nothing: the exponents first (clamped, as in masked_row_stats),
+    // then the exponentials.
 #pragma omp simd
-    for (int j = 0; j < Nk; j++) {
-      const float e = vexp(a[j] - m);
-      A[j] = M[j] != 0.0f ? M[j] * e * inv : 0.0f;
-    }
+    for (int j = 0; j < Nk; j++) A[j] = std::min(a[j] - m, 0.0f);
+#pragma omp simd
+    for (int j = 0; j < Nk; j++) A[j] = M[j] * vexp(A[j]) * inv;
   });
 }
 
@@ -106,6 +112,8 @@ void masked_softmax_backward(float* dscores, float* dmask, const float* dout, co
   // One thread per example: all R rows of example b add into the same dM[b].
   parallel_for(B, use_threads(int64_t(B) * R * Nk, 1 << 14), [&](int64_t b) {
     const float* M = mask + int64_t(b) * Nk;
+    thread_local std::vector<float> St;  // S_i exp(m_i - a_ij) of one row
+    St.resize(size_t(Nk));
     for (int64_t r = 0; r < R; r++) {
       int64_t row = int64_t(b) * R + r;
       const float* g = dout + row * Nk;
@@ -115,13 +123,14 @@ void masked_softmax_backward(float* dscores, float* dmask, const float* dout, co
       if (dscores)
         for (int j = 0; j < Nk; j++) dscores[row * Nk + j] += A[j] * (g[j] - dot);
       if (dmask) {
-        float m, S;
-        masked_row_stats(scores + row * Nk, M, Nk, m, S);
+        const auto [m, S] = masked_row_stats(scores + row * Nk, M, Nk);
         if (S == 0.0f) continue;
-        for (int j = 0; j < Nk; j++) {
-          const float a = scores[row * Nk + j];
-          dmask[int64_t(b) * Nk + j] += mask_gradient_weight(a, m, S, M[j]) * (g[j] - dot);
-        }
+        const float* a = scores + row * Nk;
+        float* dM = dmask + int64_t(b) * Nk;
+#pragma omp simd
+        for (int j = 0; j < Nk; j++) St[size_t(j)] = S * vexp(m - a[j]);  // its own loop, as in the forward
+#pragma omp simd
+        for (int j = 0; j < Nk; j++) dM[j] += mask_gradient_weight_of(St[size_t(j)], M[j]) * (g[j] - dot);
       }
     }
   });
