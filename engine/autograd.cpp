@@ -8,6 +8,7 @@ namespace st {
 namespace {
 thread_local bool g_grad_enabled = true;
 thread_local std::vector<Node> g_tape;
+thread_local LeafGradients* g_leaf_gradients = nullptr;  // set by a LeafGradientScope
 }  // namespace
 
 bool grad_enabled() { return g_grad_enabled; }
@@ -28,6 +29,7 @@ void record(const char* op, Tensor& out, std::function<void(const Tensor&)> back
 }
 
 Tensor& grad_buffer(const Tensor& t) {
+  if (g_leaf_gradients && t.is_leaf()) return g_leaf_gradients->part_of(t);
   Tensor& g = t.impl()->grad;
   if (!g.defined()) g = Tensor::zeros(t.shape(), DType::F32, t.device());
   return g;
@@ -55,5 +57,35 @@ void backward(const Tensor& root) {
 
 size_t tape_size() { return g_tape.size(); }
 void clear_tape() { g_tape.clear(); }
+
+std::vector<Node> take_tape() {
+  std::vector<Node> tape = std::move(g_tape);
+  g_tape.clear();
+  return tape;
+}
+
+void put_tape(std::vector<Node> tape) {
+  if (!g_tape.empty()) throw ArgumentError("put_tape: this thread has a recorded graph already");
+  g_tape = std::move(tape);
+}
+
+Tensor& LeafGradients::part_of(const Tensor& leaf) {
+  auto [it, added] = index_.try_emplace(leaf.impl(), parts_.size());
+  if (added) parts_.emplace_back(leaf, Tensor::zeros(leaf.shape(), DType::F32, leaf.device()));
+  return parts_[it->second].second;
+}
+
+void LeafGradients::add_to_leaves() {
+  for (auto& [leaf, part] : parts_) {
+    Tensor& g = leaf.impl()->grad;
+    if (!g.defined()) g = part;
+    else ST_KERNEL(g.device(), scale_backward)(g.data(), part.data(), 1.0f, g.numel());  // g += part
+  }
+  parts_.clear();
+  index_.clear();
+}
+
+LeafGradientScope::LeafGradientScope(LeafGradients& into) : previous_(g_leaf_gradients) { g_leaf_gradients = &into; }
+LeafGradientScope::~LeafGradientScope() { g_leaf_gradients = previous_; }
 
 }  // namespace st

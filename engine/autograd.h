@@ -11,6 +11,8 @@
 // which accumulate over calls until zero_grad().
 #pragma once
 #include <functional>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "engine/tensor.h"
@@ -49,5 +51,41 @@ Tensor& grad_buffer(const Tensor& t);
 void backward(const Tensor& root);  // root must hold exactly one value
 size_t tape_size();
 void clear_tape();  // drops a recorded graph without running it
+
+// A graph recorded on one thread and finished later, on any thread: the
+// sharded training step records each shard's forward pass, waits for every
+// shard's (the cost loss needs the whole batch), then runs the backward passes.
+std::vector<Node> take_tape();          // this thread's tape, which is left empty
+void put_tape(std::vector<Node> tape);  // becomes this thread's tape, which must be empty
+
+// Gradients of leaves (parameters) kept apart from the leaves. While a
+// LeafGradientScope is alive on a thread, the backward passes run there add
+// each leaf's gradient into its LeafGradients instead of the leaf's own grad,
+// so threads can run backward passes over the same parameters at once and
+// add their parts afterwards, in an order that does not depend on timing.
+class LeafGradients {
+ public:
+  // Each leaf's grad += its part here (a leaf without one takes the part as
+  // it is); the parts are then gone.
+  void add_to_leaves();
+  size_t size() const { return parts_.size(); }
+
+ private:
+  friend Tensor& grad_buffer(const Tensor& t);
+  Tensor& part_of(const Tensor& leaf);  // zero-filled on first use
+  std::vector<std::pair<Tensor, Tensor>> parts_;  // (leaf, its gradient part), in the order first reached
+  std::unordered_map<const TensorImpl*, size_t> index_;
+};
+
+class LeafGradientScope {
+ public:
+  explicit LeafGradientScope(LeafGradients& into);
+  ~LeafGradientScope();
+  LeafGradientScope(const LeafGradientScope&) = delete;
+  LeafGradientScope& operator=(const LeafGradientScope&) = delete;
+
+ private:
+  LeafGradients* previous_;
+};
 
 }  // namespace st

@@ -18,4 +18,12 @@ float Rng::normal() {
   return std::sqrt(-2.0f * std::log(u1)) * std::cos(6.283185307179586f * u2);
 }
 
+Rng Rng::split(uint64_t stream) const {
+  // The key of the stream is the draw at `offset`; the stream picks the
+  // counter under that key.
+  const Philox4 at = philox4x32_10(offset, seed);
+  const Philox4 key = philox4x32_10(stream, (uint64_t(at.v[0]) << 32) | at.v[1]);
+  return Rng((uint64_t(key.v[0]) << 32) | key.v[1]);
+}
+
 }  // namespace st

@@ -31,6 +31,11 @@ struct Rng {
   }
   float uniform() { return philox_uniform(seed, take(1)); }
   float normal();  // standard normal (Box-Muller on two draws)
+  // A generator of its own for stream k, a function of (seed, offset, k)
+  // only; this one does not move. For work split in parts that draw at once
+  // (the sharded training step); the caller then take()s one draw, so the
+  // next split differs.
+  Rng split(uint64_t stream) const;
 };
 
 }  // namespace st

@@ -237,6 +237,26 @@ Tensor Tensor::clone() const {
   return out;
 }
 
+Tensor Tensor::slice_batch(int64_t begin, int64_t end) const {
+  if (rank() == 0 || begin < 0 || end < begin || end > dim(0))
+    throw ArgumentError("slice_batch: entries [" + std::to_string(begin) + ", " + std::to_string(end) + ") of " +
+                        describe());
+  Shape part = shape();
+  part[0] = end - begin;
+  Tensor out = empty(part, dtype(), device());
+  const size_t per = dim(0) ? nbytes() / size_t(dim(0)) : 0;
+  const char* from = static_cast<const char*>(impl_->storage->data) + size_t(begin) * per;
+  if (out.nbytes() == 0) return out;
+  if (device() == Device::CPU) {
+    std::memcpy(out.impl_->storage->data, from, out.nbytes());
+  } else {
+#ifdef SMARTTRIM_CUDA
+    cuda::copy_bytes(out.impl_->storage->data, device(), from, device(), out.nbytes());
+#endif
+  }
+  return out;
+}
+
 Tensor Tensor::view_as_shape(const Shape& new_shape) const {
   if (st::numel(new_shape) != numel())
     throw ShapeError("reshape: cannot view " + to_string(shape()) + " as " + to_string(new_shape));

@@ -76,6 +76,9 @@ class Tensor {
   float item() const;                      // the one value of a 1-element f32 tensor
   Tensor to(Device device) const;          // a copy on another device (or this tensor)
   Tensor clone() const;                    // a copy that shares nothing, not recorded for autograd
+  // A copy of entries [begin, end) of the first dimension (a batch's
+  // examples), on the same device, not recorded for autograd.
+  Tensor slice_batch(int64_t begin, int64_t end) const;
   // Moves the buffer to another device in place: every handle that shares
   // this tensor (a model's and an optimizer's) sees the move. Its gradient
   // moves with it.

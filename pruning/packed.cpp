@@ -462,15 +462,6 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
 
 namespace {
 
-// Examples [b0, b1) of a batch tensor whose first dimension is the example.
-Tensor examples_of(const Tensor& x, int64_t b0, int64_t b1) {
-  Shape shape = x.shape();
-  shape[0] = b1 - b0;
-  const int64_t per = x.numel() / x.dim(0);
-  if (x.dtype() == DType::I32) return Tensor::from_ints({x.ints() + b0 * per, x.ints() + b1 * per}, shape);
-  return Tensor::from_vector({x.data() + b0 * per, x.data() + b1 * per}, shape);
-}
-
 // Below this many FLOPs in one example's pass at full capacity, a batch is
 // split by examples rather than op by op (METER-tiny: 10 MFLOPs, the demo's
 // model 25, METER-base 105 000).
@@ -504,7 +495,7 @@ PackedMeter::Pass PackedMeter::pass(const Tensor& ids, const Tensor& mask, const
       NoGrad no_grad;  // grad mode is per thread
       const int64_t b0 = first_example(part), b1 = first_example(part + 1);
       part_flops[size_t(part)].assign(size_t(b1 - b0), 0.0);
-      parts[size_t(part)] = one_pass(examples_of(ids, b0, b1), examples_of(mask, b0, b1), examples_of(image, b0, b1),
+      parts[size_t(part)] = one_pass(ids.slice_batch(b0, b1), mask.slice_batch(b0, b1), image.slice_batch(b0, b1),
                                      image_type, opt, part_flops[size_t(part)]);
     } catch (...) {
       errors[size_t(part)] = std::current_exception();  // an exception must not leave the parallel region

@@ -59,6 +59,54 @@ TEST_CASE("autograd: backward needs a one-value root that depends on a leaf") {
   CHECK_THROWS_AS(backward(c), ArgumentError);
 }
 
+TEST_CASE("autograd: graphs recorded on several threads finish later, their leaf gradients kept apart, then added") {
+  // loss_k = sum((w * x_k)^2) over a shared leaf w: d/dw = 2 w x_k^2, summed over k
+  Tensor w = leaf({0.5f, -1.5f, 2.0f}, {3});
+  const std::vector<std::vector<float>> xs = {{1, 2, 3}, {-2, 0.5f, 1}, {0.25f, -1, 4}};
+  std::vector<std::vector<Node>> tapes(xs.size());
+  std::vector<Tensor> losses(xs.size());
+  std::vector<LeafGradients> parts(xs.size());
+#pragma omp parallel for num_threads(3) schedule(static, 1)
+  for (size_t k = 0; k < xs.size(); k++) {
+    const Tensor x = Tensor::from_vector(xs[k], {3});
+    losses[k] = sum_all((w * x) * (w * x));
+    tapes[k] = take_tape();  // the thread's tape is left empty
+  }
+  CHECK(tape_size() == 0);
+  // finished on other threads than the ones that recorded them, in reverse order
+#pragma omp parallel for num_threads(3) schedule(static, 1)
+  for (size_t i = 0; i < xs.size(); i++) {
+    const size_t k = xs.size() - 1 - i;
+    put_tape(std::move(tapes[k]));
+    LeafGradientScope into(parts[k]);
+    backward(losses[k]);
+  }
+  CHECK_FALSE(w.grad().defined());  // every part is still apart
+  for (const LeafGradients& p : parts) CHECK(p.size() == 1);
+  for (LeafGradients& p : parts) p.add_to_leaves();
+  CHECK(parts[0].size() == 0);
+  const std::vector<float> g = w.grad().to_vector(), wv = w.to_vector();
+  for (size_t j = 0; j < 3; j++) {
+    double want = 0;
+    for (const auto& x : xs) want += 2.0 * wv[j] * x[j] * x[j];
+    CHECK(g[j] == doctest::Approx(want).epsilon(1e-6));
+  }
+  // parts add to a gradient the leaf already has
+  LeafGradients more;
+  {
+    LeafGradientScope into(more);
+    backward(sum_all(w * 2.0f));
+  }
+  more.add_to_leaves();
+  for (size_t j = 0; j < 3; j++) CHECK(w.grad().to_vector()[j] == doctest::Approx(g[j] + 2.0f));
+  // a tape is only put where none is recorded
+  Tensor y = sum_all(w * w);
+  std::vector<Node> held = take_tape();
+  Tensor z = sum_all(w * 3.0f);
+  CHECK_THROWS_AS(put_tape(std::move(held)), ArgumentError);
+  clear_tape();
+}
+
 TEST_CASE("errors name the op and the shapes") {
   Tensor a = Tensor::zeros({3, 4}), b = Tensor::zeros({5, 6});
   std::string m = st::testing::thrown_message<ShapeError>([&] { matmul(a, b); });
@@ -116,6 +164,22 @@ TEST_CASE("rng: Philox4x32-10 known answer, determinism, open interval") {
     mean += u / 1000;
   }
   CHECK(mean == doctest::Approx(0.5).epsilon(0.05));
+}
+
+TEST_CASE("rng: split streams depend on the state and the stream, and leave the generator where it was") {
+  Rng a(42);
+  a.take(7);
+  const Rng s0 = a.split(0), s1 = a.split(1), again = a.split(0);
+  CHECK(a.offset == 7);
+  CHECK(s0.offset == 0);
+  CHECK(s0.seed == again.seed);
+  CHECK(s0.seed != s1.seed);
+  Rng moved = a;
+  moved.take(1);
+  CHECK(moved.split(0).seed != s0.seed);  // the state moved, so did the streams
+  CHECK(Rng(43).split(0).seed != Rng(42).split(0).seed);
+  Rng x = s0, y = s1;
+  CHECK(Tensor::uniform({64}, x, 0, 1).to_vector() != Tensor::uniform({64}, y, 0, 1).to_vector());
 }
 
 TEST_CASE("memory: a repeated training step is served from the cache") {
@@ -195,6 +259,20 @@ TEST_CASE("optim: decay groups, clipping and schedules") {
   CHECK(lr_schedule(60, 10, 110, Decay::Cosine) == doctest::Approx(0.5f));
   CHECK(lr_schedule(35, 10, 110, Decay::Cosine) == doctest::Approx(0.5 * (1 + std::cos(M_PI * 0.25))));
   CHECK(lr_schedule(500, 10, 110, Decay::Constant) == 1.0f);
+}
+
+TEST_CASE("tensor: slice_batch copies examples [begin, end) of the first dimension") {
+  Tensor f = Tensor::from_vector({1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}, {3, 2, 2});
+  Tensor mid = f.slice_batch(1, 3);
+  CHECK(mid.shape() == Shape{2, 2, 2});
+  CHECK(mid.to_vector() == std::vector<float>{5, 6, 7, 8, 9, 10, 11, 12});
+  CHECK_FALSE(mid.same_as(f));
+  CHECK(f.slice_batch(2, 2).shape() == Shape{0, 2, 2});
+  Tensor ids = Tensor::from_ints({1, 2, 3, 4, 5, 6}, {3, 2});
+  CHECK(ids.slice_batch(0, 1).to_ints() == std::vector<int32_t>{1, 2});
+  CHECK_THROWS_AS(f.slice_batch(2, 4), ArgumentError);
+  CHECK_THROWS_AS(f.slice_batch(-1, 1), ArgumentError);
+  CHECK_THROWS_AS(f.slice_batch(2, 1), ArgumentError);
 }
 
 TEST_CASE("tensor: copy_from copies values between buffers of one shape; move_to its own device changes nothing") {
