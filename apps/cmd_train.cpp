@@ -75,6 +75,8 @@ TrainOptions options_of(const cli::Args& args, Task task, bool trimmers) {
   o.trimmer_lr_multiplier = float(args.number("trimmer-lr-mult"));
   o.clip_norm = float(args.number("clip-norm"));
   o.dropout = !args.flag_set("no-dropout");
+  o.batch_shards = int(args.integer("shards"));
+  if (o.batch_shards < 0) args.fail("--shards must be 0 (one per thread) or more");
   if (trimmers && !args.has("target")) args.fail("a model with trimmers needs --target (e.g. 0.5 for 2x fewer FLOPs)");
   if (!trimmers && args.has("target"))
     args.fail("--target needs a model with trimmers (a config with a \"smarttrim\" object)");
@@ -140,6 +142,8 @@ int train_command(int argc, char** argv) {
   args.option("clip-norm", "X", "global gradient norm clip (0: none)", "1");
   args.option("seed", "N", "model initialisation, data order, dropout and Gumbel noise", "0");
   args.flag("no-dropout", "train without dropout");
+  args.option("shards", "N", "split each batch into N parts that run side by side, a thread each (0: one per thread)",
+              "0");
   args.option("target", "RHO", "SmartTrim: the FLOPs ratio to reach (0.5 = 2x fewer FLOPs)");
   args.option("curriculum-fraction", "P", "SmartTrim: the target falls from 1 over this fraction of the steps", "0.5");
   args.flag("no-curriculum", "SmartTrim: hold the target from the first step");
@@ -220,11 +224,12 @@ int train_command(int argc, char** argv) {
     start["config"] = nlohmann::ordered_json::parse(config.to_json());
     log.write(start.dump());
   }
-  std::printf("train: %s, %lld examples, %s model%s, %lld parameters, steps %lld..%lld, batch %d, on %s\n",
+  const int shards = trainer->shard_count(lo.batch_size);
+  std::printf("train: %s, %lld examples, %s model%s, %lld parameters, steps %lld..%lld, batch %d in %d shard%s, on %s\n",
               task_name(train.task), (long long)train.size(), config.trim.enabled ? "SmartTrim" : "full-capacity",
               config.trim.enabled ? (" (target " + std::to_string(trainer->options().curriculum.goal).substr(0, 5) + ")").c_str() : "",
               (long long)trainer->model().parameter_count(), (long long)trainer->step_count(),
-              (long long)trainer->options().total_steps, lo.batch_size, name(device));
+              (long long)trainer->options().total_steps, lo.batch_size, shards, shards == 1 ? "" : "s", name(device));
   if (train.missing_images() > 0)
     std::printf("train: %lld examples have a missing image and will be skipped\n", (long long)train.missing_images());
 

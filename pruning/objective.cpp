@@ -80,24 +80,40 @@ Tensor distillation_loss(Task task, const Tensor& student_logits, const Tensor& 
   return temperature == 1.0f ? kl : kl * (temperature * temperature);
 }
 
+ObjectiveTerms separable_terms(const MeterConfig& config, Task task, const Tensor& student_logits,
+                               const Tensor& teacher_logits, const Tensor& targets,
+                               const std::vector<PassCounts<Tensor>>& student_passes, const Tensor& text_mask,
+                               const ObjectiveWeights& w) {
+  ObjectiveTerms out;
+  out.task = task_loss(task, student_logits, targets);
+  out.rho = flops_ratio(config, student_passes, text_mask, task);
+  if (teacher_logits.defined()) {
+    out.teacher_task = task_loss(task, teacher_logits, targets);
+    if (w.self_distillation) out.distill = distillation_loss(task, student_logits, teacher_logits, w.temperature);
+  }
+  return out;
+}
+
+Tensor separable_loss(const ObjectiveTerms& t, const ObjectiveWeights& w) {
+  Tensor total = t.task;
+  if (t.teacher_task.defined() && w.alpha != 0) total = total + t.teacher_task * w.alpha;
+  if (t.distill.defined()) total = total + t.distill * w.lambda_sd;
+  return total;
+}
+
 ObjectiveTerms smarttrim_objective(const MeterConfig& config, Task task, const Tensor& student_logits,
                                    const Tensor& teacher_logits, const Tensor& targets,
                                    const std::vector<PassCounts<Tensor>>& student_passes, const Tensor& text_mask,
                                    double target, const ObjectiveWeights& w) {
-  ObjectiveTerms out;
-  out.task = task_loss(task, student_logits, targets);
-  out.rho = flops_ratio(config, student_passes, text_mask, task);
+  ObjectiveTerms out = separable_terms(config, task, student_logits, teacher_logits, targets, student_passes,
+                                       text_mask, w);
   out.cost = cost_loss(out.rho, target);
-  out.total = out.task + out.cost * w.lambda_cost;
-  if (teacher_logits.defined()) {
-    out.teacher_task = task_loss(task, teacher_logits, targets);
-    if (w.alpha != 0) out.total = out.total + out.teacher_task * w.alpha;
-    if (w.self_distillation) {
-      out.distill = distillation_loss(task, student_logits, teacher_logits, w.temperature);
-      out.total = out.total + out.distill * w.lambda_sd;
-    }
-  }
+  out.total = separable_loss(out, w) + out.cost * w.lambda_cost;
   return out;
+}
+
+Tensor shard_objective(const ObjectiveTerms& shard, double share, double cost_slope, const ObjectiveWeights& w) {
+  return separable_loss(shard, w) * float(share) + sum_all(shard.rho) * float(double(w.lambda_cost) * cost_slope);
 }
 
 }  // namespace st

@@ -65,4 +65,27 @@ ObjectiveTerms smarttrim_objective(const MeterConfig& config, Task task, const T
                                    const std::vector<PassCounts<Tensor>>& student_passes, const Tensor& text_mask,
                                    double target, const ObjectiveWeights& weights);
 
+// --- a batch split into shards (the sharded training step)
+//
+// Every term but L_cost is a mean of what each example contributes on its
+// own; L_cost = (mean_b rho_b - target)^2 needs the whole batch. Each shard
+// computes its own terms; once every shard's rho is known, shard k's part
+//   (n_k / B) (L_task + alpha L_task(z_T) + lambda_SD L_SD)(shard k) + lambda_cost g sum_{b in k} rho_b,
+// with the number g = dL_cost / drho_b = 2 (mean_b rho_b - target) / B of
+// the whole batch, has the gradient of L with respect to shard k's tensors.
+// The parts' gradients add up to L's; their values do not (L_cost enters
+// linearly), so the step logs L from the terms.
+
+// task, teacher_task, distill and rho of smarttrim_objective; cost and total undefined.
+ObjectiveTerms separable_terms(const MeterConfig& config, Task task, const Tensor& student_logits,
+                               const Tensor& teacher_logits, const Tensor& targets,
+                               const std::vector<PassCounts<Tensor>>& student_passes, const Tensor& text_mask,
+                               const ObjectiveWeights& weights);
+
+// L_task + alpha L_task(z_T) + lambda_SD L_SD: L without its cost term -> (1).
+Tensor separable_loss(const ObjectiveTerms& terms, const ObjectiveWeights& weights);
+
+// Shard k's part of L, as above: share = n_k / B, cost_slope = g -> (1).
+Tensor shard_objective(const ObjectiveTerms& shard, double share, double cost_slope, const ObjectiveWeights& weights);
+
 }  // namespace st

@@ -1,11 +1,15 @@
 #include "pruning/train.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <exception>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <omp.h>
 
 #include "engine/error.h"
+#include "engine/parallel.h"
 #include "weights/checkpoint.h"
 
 namespace st {
@@ -35,6 +39,14 @@ const TrainOptions& checked(const Meter* model, const TrainOptions& o) {
   if (o.total_steps <= 0) throw ArgumentError("SmartTrim training: total_steps must be > 0");
   if (o.warmup_fraction < 0 || o.warmup_fraction > 1)
     throw ArgumentError("SmartTrim training: warmup_fraction must be in [0, 1]");
+  if (o.batch_shards < 0) throw ArgumentError("SmartTrim training: batch_shards must be >= 0");
+  return o;
+}
+
+// The options, checked, with batch_shards 0 resolved to the number of threads.
+TrainOptions resolved(const Meter* model, const TrainOptions& options) {
+  TrainOptions o = checked(model, options);
+  if (o.batch_shards == 0) o.batch_shards = omp_get_max_threads();
   return o;
 }
 
@@ -121,7 +133,7 @@ std::vector<ParamGroup> smarttrim_param_groups(const Meter& model, const TrainOp
 
 SmartTrimTrainer::SmartTrimTrainer(std::unique_ptr<Meter> model, const TrainOptions& options, uint64_t seed)
     : model_(std::move(model)),
-      options_(checked(model_.get(), options)),
+      options_(resolved(model_.get(), options)),
       optimizer_(smarttrim_param_groups(*model_, options_), options_.adam),
       rng_(seed) {}
 
@@ -131,7 +143,7 @@ SmartTrimTrainer::SmartTrimTrainer(const MeterConfig& config, const TrainOptions
 
 void SmartTrimTrainer::set_options(const TrainOptions& options) {
   if (options.task != options_.task) throw ArgumentError("SmartTrim training: set_options cannot change the task");
-  options_ = checked(model_.get(), options);
+  options_ = resolved(model_.get(), options);
   apply_group_rates();
 }
 
@@ -156,102 +168,189 @@ void SmartTrimTrainer::move_to(Device device) {
   device_ = device;
 }
 
+TrainBatch TrainBatch::examples(int64_t begin, int64_t end) const {
+  auto part = [&](const Tensor& t) { return t.defined() ? t.slice_batch(begin, end) : t; };
+  return {part(ids), part(mask), part(image), part(image2), part(targets)};
+}
+
+namespace {
+
+// A shard of the batch through one training step.
+struct Shard {
+  int64_t begin = 0, end = 0;  // its examples
+  TrainBatch batch;
+  Rng own_rng;                       // drawn from when the batch has more than one shard
+  std::vector<PassCounts<Tensor>> counts;  // the student's kept counts, one per pass
+  ObjectiveTerms terms;              // its separable terms and rho; without trimmers only task
+  std::vector<Node> tape;            // its forward graph, between the two phases
+  LeafGradients grads;               // its part of the parameters' gradients
+};
+
+// f(shard) for every shard, each on a thread of its own where there are
+// threads. A shard that fails leaves no graph on its thread's tape; the
+// first failure is rethrown once all are done.
+template <class F>
+void for_each_shard(std::vector<Shard>& shards, const F& f) {
+  std::vector<std::exception_ptr> errors(shards.size());
+  parallel_jobs(int64_t(shards.size()), use_threads(int64_t(shards.size()), 1), [&](int64_t k) {
+    try {
+      f(shards[size_t(k)]);
+    } catch (...) {
+      clear_tape();
+      errors[size_t(k)] = std::current_exception();  // an exception must not leave the parallel region
+    }
+  });
+  for (const std::exception_ptr& e : errors)
+    if (e) std::rethrow_exception(e);
+}
+
+// sum_k share_k value(shard k), share_k = n_k / B
+template <class Value>
+double shard_mean(const std::vector<Shard>& shards, int64_t B, const Value& value) {
+  double sum = 0;
+  for (const Shard& s : shards) sum += double(s.end - s.begin) / double(B) * value(s);
+  return sum;
+}
+
+float item_or_zero(const Tensor& t) { return t.defined() ? t.item() : 0.0f; }
+
+}  // namespace
+
+int SmartTrimTrainer::shard_count(int64_t batch_size) const {
+  if (device_ != Device::CPU) return 1;
+  return int(std::clamp<int64_t>(options_.batch_shards, 1, std::max<int64_t>(batch_size, 1)));
+}
+
+// The step runs in two phases over the shards of the batch: the forward
+// passes and each shard's terms, then, once the whole batch's mean FLOPs
+// ratio is known (the cost loss needs it), each shard's part of the
+// objective and its backward pass. The shards' gradients are then added to
+// the parameters' in shard order, so the result does not depend on which
+// thread ran which shard, or when.
 StepLog SmartTrimTrainer::step(const TrainBatch& batch_anywhere) {
   const Task task = options_.task;
   const TrainBatch batch = batch_anywhere.to(device_);
   if (task == Task::NLVR2 && !batch.image2.defined())
     throw ArgumentError("SmartTrim training: an NLVR2 batch needs image2");
+  if (batch.ids.rank() != 2 || batch.ids.dim(0) < 1)
+    throw ShapeError("SmartTrim training: expects ids (B, T) with B >= 1, got " + to_string(batch.ids.shape()));
   const Meter& model = *model_;
+  const bool trimming = model.config().trim.enabled;
+  const ObjectiveWeights& w = options_.objective;
   StepLog log;
   log.step = step_;
-  log.target = target();
+  log.target = trimming ? target() : 1.0;
   const int64_t warmup = std::llround(double(options_.warmup_fraction) * double(options_.total_steps));
   log.lr_scale = lr_schedule(step_, warmup, options_.total_steps, Decay::Linear);
-
-  // Dropout and the Gumbel noise draw from the same Rng, student pass first.
-  const Context ctx = options_.dropout ? Context{true, &rng_} : Context{false, nullptr};
-  TrimOptions student_trim;
-  student_trim.active = true;
   const bool noise_free = double(step_) >= (1.0 - double(options_.noise_free_fraction)) * double(options_.total_steps);
-  student_trim.noise = options_.noise_free_fraction > 0 && noise_free ? nullptr : &rng_;
-  TrimOptions teacher_trim;
-  teacher_trim.active = false;
 
-  // logits of one model run (both images for NLVR2); counts collects each pass's kept counts
-  auto run = [&](const TrimOptions& trim, std::vector<PassCounts<Tensor>>& counts) {
-    MeterFeatures first = model.forward(batch.ids, batch.mask, batch.image, ctx, 1, &trim);
-    counts.push_back(first.counts);
-    if (task != Task::NLVR2) return head_logits(model, task, first.cls);
-    MeterFeatures second = model.forward(batch.ids, batch.mask, batch.image2, ctx, 2, &trim);
-    counts.push_back(second.counts);
-    return model.nlvr2_logits(first.cls, second.cls);
-  };
+  const int64_t B = batch.ids.dim(0);
+  std::vector<Shard> shards(size_t(shard_count(B)));
+  for (size_t k = 0; k < shards.size(); k++) {
+    Shard& s = shards[k];
+    s.begin = B * int64_t(k) / int64_t(shards.size());
+    s.end = B * int64_t(k + 1) / int64_t(shards.size());
+    s.batch = shards.size() == 1 ? batch : batch.examples(s.begin, s.end);
+    s.own_rng = rng_.split(k);
+  }
 
-  // A failure before backward() (a malformed batch) must not leave a half-recorded graph on the tape.
-  struct TapeGuard {
-    bool armed = true;
-    ~TapeGuard() {
-      if (armed) clear_tape();
+  // Phase 1: the forward passes. Dropout and the Gumbel noise draw from the
+  // shard's Rng (the run's own when there is one shard), student pass first.
+  for_each_shard(shards, [&](Shard& s) {
+    Rng& rng = shards.size() == 1 ? rng_ : s.own_rng;
+    const Context ctx = options_.dropout ? Context{true, &rng} : Context{false, nullptr};
+    TrimOptions student_trim;
+    student_trim.active = true;
+    student_trim.noise = options_.noise_free_fraction > 0 && noise_free ? nullptr : &rng;
+    TrimOptions teacher_trim;
+    teacher_trim.active = false;
+    // logits of one model run (both images for NLVR2); counts collects each pass's kept counts
+    auto run = [&](const TrimOptions& trim, std::vector<PassCounts<Tensor>>& counts) {
+      MeterFeatures first = model.forward(s.batch.ids, s.batch.mask, s.batch.image, ctx, 1, &trim);
+      counts.push_back(first.counts);
+      if (task != Task::NLVR2) return head_logits(model, task, first.cls);
+      MeterFeatures second = model.forward(s.batch.ids, s.batch.mask, s.batch.image2, ctx, 2, &trim);
+      counts.push_back(second.counts);
+      return model.nlvr2_logits(first.cls, second.cls);
+    };
+    std::vector<PassCounts<Tensor>> teacher_counts;
+    if (!trimming) {
+      s.terms.task = task_loss(task, run(teacher_trim, teacher_counts), s.batch.targets);
+    } else {
+      const Tensor student_logits = run(student_trim, s.counts);
+      Tensor teacher_logits;
+      if (w.alpha != 0) {
+        teacher_logits = run(teacher_trim, teacher_counts);
+      } else if (w.self_distillation) {
+        NoGrad no_grad;  // only a target: no graph
+        teacher_logits = run(teacher_trim, teacher_counts);
+      }
+      s.terms = separable_terms(model.config(), task, student_logits, teacher_logits, s.batch.targets, s.counts,
+                                s.batch.mask, w);
     }
-  } tape_guard;
+    s.tape = take_tape();
+  });
+  if (shards.size() > 1) rng_.take(1);  // the next step's shards split from another state
 
-  std::vector<PassCounts<Tensor>> student_counts, teacher_counts;
-  if (!model.config().trim.enabled) {
-    plain_step(batch, run(teacher_trim, teacher_counts), log);
-    tape_guard.armed = false;
-    return log;
-  }
-  const Tensor student_logits = run(student_trim, student_counts);
-  Tensor teacher_logits;
-  const ObjectiveWeights& w = options_.objective;
-  if (w.alpha != 0) {
-    teacher_logits = run(teacher_trim, teacher_counts);
-  } else if (w.self_distillation) {
-    NoGrad no_grad;  // only a target: no graph
-    teacher_logits = run(teacher_trim, teacher_counts);
-  }
-
-  ObjectiveTerms terms = smarttrim_objective(model.config(), task, student_logits, teacher_logits, batch.targets,
-                                             student_counts, batch.mask, log.target, w);
-  log.loss = terms.total.item();
-  log.task_loss = terms.task.item();
-  log.teacher_loss = terms.teacher_task.defined() ? terms.teacher_task.item() : 0.0f;
-  log.distill_loss = terms.distill.defined() ? terms.distill.item() : 0.0f;
-  log.cost_loss = terms.cost.item();
-  const std::vector<float> rho = terms.rho.to_vector();
+  // The whole batch's FLOPs ratios
+  std::vector<float> rho;
+  if (trimming)
+    for (const Shard& s : shards) {
+      const std::vector<float> part = s.terms.rho.to_vector();
+      rho.insert(rho.end(), part.begin(), part.end());
+    }
   double sum = 0, sq = 0;
   for (float r : rho) sum += r;
-  log.ratio_mean = sum / double(rho.size());
+  log.ratio_mean = trimming ? sum / double(rho.size()) : 1.0;
   for (float r : rho) sq += (r - log.ratio_mean) * (r - log.ratio_mean);
-  log.ratio_std = std::sqrt(sq / double(rho.size()));
-  auto kept = [&](std::vector<Tensor> PassCounts<Tensor>::*field) {
-    std::vector<std::vector<double>> per_pass;
-    for (const PassCounts<Tensor>& c : student_counts) per_pass.push_back(batch_means(c.*field));
-    return mean_of(per_pass);
-  };
-  log.vit_tokens = kept(&PassCounts<Tensor>::vit_tokens);
-  log.text_tokens = kept(&PassCounts<Tensor>::text_tokens);
-  log.cross_text_tokens = kept(&PassCounts<Tensor>::cross_text_tokens);
-  log.cross_image_tokens = kept(&PassCounts<Tensor>::cross_image_tokens);
-  log.text_self_heads = kept(&PassCounts<Tensor>::text_self_heads);
-  log.text_cross_heads = kept(&PassCounts<Tensor>::text_cross_heads);
-  log.image_self_heads = kept(&PassCounts<Tensor>::image_self_heads);
-  log.image_cross_heads = kept(&PassCounts<Tensor>::image_cross_heads);
+  log.ratio_std = trimming ? std::sqrt(sq / double(rho.size())) : 0.0;
+  const double cost_slope = 2.0 * (log.ratio_mean - log.target) / double(B);  // dL_cost / drho_b
 
-  tape_guard.armed = false;
-  update(terms.total, log);
+  // Phase 2: each shard's part of the objective, and its backward pass.
+  for_each_shard(shards, [&](Shard& s) {
+    put_tape(std::move(s.tape));
+    LeafGradientScope into(s.grads);
+    const double share = double(s.end - s.begin) / double(B);
+    const Tensor part = trimming ? shard_objective(s.terms, share, cost_slope, w) : s.terms.task * float(share);
+    part.backward();
+  });
+  for (Shard& s : shards) s.grads.add_to_leaves();
+
+  log.task_loss = float(shard_mean(shards, B, [](const Shard& s) { return s.terms.task.item(); }));
+  log.teacher_loss = float(shard_mean(shards, B, [](const Shard& s) { return item_or_zero(s.terms.teacher_task); }));
+  log.distill_loss = float(shard_mean(shards, B, [](const Shard& s) { return item_or_zero(s.terms.distill); }));
+  const double gap = log.ratio_mean - log.target;
+  log.cost_loss = trimming ? float(gap * gap) : 0.0f;
+  log.loss = trimming ? float(double(log.task_loss) + double(w.alpha) * log.teacher_loss +
+                              double(w.lambda_sd) * log.distill_loss + double(w.lambda_cost) * log.cost_loss)
+                      : log.task_loss;
+  if (trimming) {
+    // kept tokens and heads per layer: the mean over the batch, over both passes for NLVR2
+    auto kept = [&](std::vector<Tensor> PassCounts<Tensor>::*field) {
+      std::vector<double> out;
+      for (const Shard& s : shards) {
+        std::vector<std::vector<double>> per_pass;
+        for (const PassCounts<Tensor>& c : s.counts) per_pass.push_back(batch_means(c.*field));
+        const std::vector<double> part = mean_of(per_pass);
+        out.resize(part.size(), 0.0);
+        for (size_t i = 0; i < part.size(); i++) out[i] += double(s.end - s.begin) / double(B) * part[i];
+      }
+      return out;
+    };
+    log.vit_tokens = kept(&PassCounts<Tensor>::vit_tokens);
+    log.text_tokens = kept(&PassCounts<Tensor>::text_tokens);
+    log.cross_text_tokens = kept(&PassCounts<Tensor>::cross_text_tokens);
+    log.cross_image_tokens = kept(&PassCounts<Tensor>::cross_image_tokens);
+    log.text_self_heads = kept(&PassCounts<Tensor>::text_self_heads);
+    log.text_cross_heads = kept(&PassCounts<Tensor>::text_cross_heads);
+    log.image_self_heads = kept(&PassCounts<Tensor>::image_self_heads);
+    log.image_cross_heads = kept(&PassCounts<Tensor>::image_cross_heads);
+  }
+  update(log);
   return log;
 }
 
-void SmartTrimTrainer::plain_step(const TrainBatch& batch, const Tensor& logits, StepLog& log) {
-  const Tensor loss = task_loss(options_.task, logits, batch.targets);
-  log.loss = log.task_loss = loss.item();
-  log.target = log.ratio_mean = 1;
-  update(loss, log);
-}
-
-void SmartTrimTrainer::update(const Tensor& loss, StepLog& log) {
-  loss.backward();
+void SmartTrimTrainer::update(StepLog& log) {
   // The trimmers and the backbone are clipped apart: the straight-through
   // gradient of a mask can be orders of magnitude above the task gradient
   // (a dropped key that would dominate its row's softmax), and one global
@@ -336,6 +435,7 @@ std::string train_options_to_json(const TrainOptions& o) {
       {"goal", o.curriculum.goal}, {"fraction", o.curriculum.fraction}, {"enabled", o.curriculum.enabled}};
   j["dropout"] = o.dropout;
   j["noise_free_fraction"] = o.noise_free_fraction;
+  j["batch_shards"] = o.batch_shards;
   return j.dump();
 }
 
@@ -371,6 +471,7 @@ TrainOptions train_options_from_json(const std::string& text, const std::string&
     o.curriculum.enabled = cur.at("enabled").get<bool>();
     o.dropout = j.at("dropout").get<bool>();
     o.noise_free_fraction = j.value("noise_free_fraction", 0.0f);  // absent from older checkpoints
+    o.batch_shards = j.value("batch_shards", 1);                    // older runs were one shard
   } catch (const nlohmann::json::exception& e) {
     throw FormatError(where + ": " + e.what());
   }

@@ -44,6 +44,7 @@ struct TrainBatch {
   Tensor image2;   // f32 (B, 3, S, S): NLVR2's second image; undefined otherwise
   Tensor targets;  // VQA: f32 soft scores (B, answers); SNLI, ITM, NLVR2: i32 labels (B)
   TrainBatch to(Device device) const;  // every defined tensor on `device` (those already there are shared)
+  TrainBatch examples(int64_t begin, int64_t end) const;  // examples [begin, end), copied
 };
 
 struct TrainOptions {
@@ -63,6 +64,14 @@ struct TrainOptions {
   // the inference rule (keep iff logit > 0) with their straight-through
   // gradients, so the model ends trained on the masks it will be run with.
   float noise_free_fraction = 0.0f;
+  // The batch is split into this many shards of consecutive examples, whose
+  // passes run side by side, one thread each, every op inside on that one
+  // thread (on the CPU; elsewhere one shard). A small model's ops are too
+  // small to share out op by op. 0: one shard per OpenMP thread, resolved
+  // when the trainer is made. Each shard draws its noise from its own Rng
+  // (Rng::split), so a run repeats bit for bit for a given number of shards
+  // and a given batch, whatever the number of threads.
+  int batch_shards = 0;
 };
 
 // What one step did. Losses are the values before the update.
@@ -132,12 +141,14 @@ class SmartTrimTrainer {
   void set_options(const TrainOptions& options);
   Rng& rng() { return rng_; }
   int64_t step_count() const { return step_; }
+  // The shards a batch of this size is split into: batch_shards, at most
+  // one per example; one off the CPU.
+  int shard_count(int64_t batch_size) const;
   double target() const;  // the curriculum's target for the next step
 
  private:
   void apply_group_rates();  // lr and weight decay of each group from options_
-  void plain_step(const TrainBatch& batch, const Tensor& logits, StepLog& log);  // a model without trimmers
-  void update(const Tensor& loss, StepLog& log);  // backward, clip, AdamW, next step
+  void update(StepLog& log);  // clip, AdamW, next step
 
   std::unique_ptr<Meter> model_;
   TrainOptions options_;

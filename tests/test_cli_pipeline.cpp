@@ -242,6 +242,11 @@ TEST_CASE("cli pipeline: bad arguments exit 2 with the usage; bad inputs exit 1 
                                    " --steps 1 --target 0.5");
   CHECK(target.status == 2);
   CHECK(target.output.find("--target needs a model with trimmers") != std::string::npos);
+  CommandResult shards = smarttrim("train --config configs/demo-fashion.json" + p.common + " --out " + p.dir / "s" +
+                                   " --steps 1 --shards -1");
+  CHECK(shards.status == 2);
+  CHECK(shards.output.find("--shards must be 0") != std::string::npos);
+  CHECK(!std::filesystem::exists(p.dir / "s"));
 }
 
 TEST_CASE("cli pipeline: --device cuda trains on a GPU, and without one says so and writes nothing") {

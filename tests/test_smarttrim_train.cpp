@@ -16,6 +16,9 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+#include <omp.h>
+
 #include "engine/error.h"
 #include "layers/meter.h"
 #include "pruning/objective.h"
@@ -488,6 +491,83 @@ TEST_CASE("smarttrim train: SNLI and NLVR2 steps (softmax heads, NLVR2's two pas
   CHECK(std::isfinite(t2.step(batch_at(c, st::Task::VQA, 2, 9, 0)).loss));
 }
 
+// --- a batch split into shards
+
+TEST_CASE("smarttrim train: a batch split into shards takes the step of the whole batch") {
+  st::MeterConfig with_trimmers = tiny_trim(), without = tiny_trim();
+  with_trimmers.dropout = without.dropout = 0;  // the shards draw their noise apart: the test draws none
+  without.trim = st::TrimConfig{};
+  struct Case {
+    const char* name;
+    const st::MeterConfig* config;
+    st::Task task;
+  };
+  for (const Case& k : {Case{"VQA", &with_trimmers, st::Task::VQA}, Case{"NLVR2", &with_trimmers, st::Task::NLVR2},
+                        Case{"VQA without trimmers", &without, st::Task::VQA}}) {
+    CAPTURE(k.name);
+    const st::MeterConfig& c = *k.config;
+    st::TrainOptions o;
+    o.task = k.task;
+    o.total_steps = 4;
+    o.noise_free_fraction = 1;  // masks by the inference rule, with their straight-through gradients
+    o.curriculum = {0.5, 0.5, false};
+    auto trainer = [&](int shards, float lr) {
+      st::TrainOptions with = o;
+      with.batch_shards = shards;
+      with.lr = lr;
+      return st::SmartTrimTrainer(c, with, 5, 6);
+    };
+    // 7 examples: shards of 2, 2 and 3
+    const st::TrainBatch batch = batch_at(c, k.task, 7, 4, 0);
+    {  // lr 0: the same model takes both steps, so the losses and gradient norms must agree
+      st::SmartTrimTrainer one = trainer(1, 0.0f), three = trainer(3, 0.0f);
+      for (int step = 0; step < 2; step++) {
+        const st::StepLog a = one.step(batch), b = three.step(batch);
+        INFO(a.line() << "\n" << b.line());
+        const std::vector<double> na = numbers(a), nb = numbers(b);
+        REQUIRE(na.size() == nb.size());
+        for (size_t i = 0; i < na.size(); i++) CHECK(nb[i] == doctest::Approx(na[i]).epsilon(1e-5));
+        CHECK(b.trimmer_grad_norm == doctest::Approx(a.trimmer_grad_norm).epsilon(1e-5));
+        CHECK(a.grad_norm > 0);
+        if (c.trim.enabled) CHECK(a.trimmer_grad_norm > 0);
+      }
+    }
+    // a real update: the parameters move alike. AdamW's first step is about
+    // lr sign(g), so a gradient that rounds differently near 0 moves its
+    // parameter by a little less than lr; the tolerance allows 2% of lr.
+    const float lr = 1e-3f;
+    st::SmartTrimTrainer one = trainer(1, lr), three = trainer(3, lr);
+    const auto before = parameter_values(one.model());
+    one.step(batch);
+    three.step(batch);
+    const auto a = parameter_values(one.model()), b = parameter_values(three.model());
+    size_t moved = 0, total = 0;
+    for (size_t p = 0; p < a.size(); p++)
+      for (size_t i = 0; i < a[p].size(); i++) {
+        CHECK(std::fabs(a[p][i] - b[p][i]) <= 0.02f * lr);
+        moved += std::fabs(a[p][i] - before[p][i]) > 0.5f * lr;
+        total++;
+      }
+    CHECK(moved > total / 2);  // the step did move most parameters
+  }
+}
+
+TEST_CASE("smarttrim train: the number of shards is an option the checkpoint keeps; 0 means one per thread") {
+  const st::MeterConfig c = tiny_trim();
+  st::TrainOptions o;
+  CHECK(o.batch_shards == 0);
+  st::SmartTrimTrainer t(c, o, 1, 2);
+  CHECK(t.options().batch_shards == omp_get_max_threads());
+  o.batch_shards = 3;
+  const st::TrainOptions back = st::train_options_from_json(st::train_options_to_json(o), "test");
+  CHECK(back.batch_shards == 3);
+  nlohmann::json older = nlohmann::json::parse(st::train_options_to_json(o));
+  older.erase("batch_shards");
+  CHECK(st::train_options_from_json(older.dump(), "test").batch_shards == 1);  // runs from before shards were one
+  o.batch_shards = -1;
+  CHECK_THROWS_AS(st::SmartTrimTrainer(c, o, 1, 2), st::ArgumentError);
+}
+
 // --- training runs
 
 TEST_CASE("smarttrim train: a short run on synthetic VQA meets its FLOPs target while the loss falls") {
@@ -533,11 +613,12 @@ TEST_CASE("smarttrim train: a short run on synthetic VQA meets its FLOPs target 
 
 TEST_CASE("smarttrim train: a run repeats bit for bit from its seed, and resumes from a checkpoint bit for bit") {
   const st::MeterConfig c = tiny_trim();
-  REQUIRE(c.dropout > 0);  // dropout and the Gumbel noise share the run's Rng
+  REQUIRE(c.dropout > 0);  // dropout and the Gumbel noise share each shard's Rng
   st::TrainOptions o;
   o.total_steps = 6;
   o.lr = 1e-3f;
   o.curriculum = {0.5, 0.5, true};
+  o.batch_shards = 3;  // 4 examples: shards of 1, 1 and 2
   auto batch = [&](int64_t i) { return batch_at(c, st::Task::VQA, 4, 3, i); };
 
   st::SmartTrimTrainer a(c, o, 11, 12), b(c, o, 11, 12);
@@ -546,7 +627,10 @@ TEST_CASE("smarttrim train: a run repeats bit for bit from its seed, and resumes
   for (int64_t i = 0; i < 3; i++) logs_a.push_back(numbers(a.step(batch(i))));
   a.save_checkpoint(ckpt.path);
   for (int64_t i = 3; i < 6; i++) logs_a.push_back(numbers(a.step(batch(i))));
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);  // the same shards, run one after another: the same run
   for (int64_t i = 0; i < 6; i++) logs_b.push_back(numbers(b.step(batch(i))));
+  omp_set_num_threads(threads);
   CHECK(logs_a == logs_b);
   CHECK(parameter_values(a.model()) == parameter_values(b.model()));
 
@@ -592,6 +676,7 @@ TEST_CASE("smarttrim train: a model without trimmers trains at full capacity on 
   o.task = st::Task::VQA;
   o.total_steps = 80;
   o.lr = 1e-3f;
+  o.batch_shards = 1;  // the whole batch in one pass (the test above runs shards)
   st::SmartTrimTrainer trainer(c, o, 1, 101);
   std::vector<st::StepLog> logs;
   TempPath ckpt;
