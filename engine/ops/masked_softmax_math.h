@@ -12,8 +12,9 @@
 
 namespace st::cpu {
 
-// w from St = S exp(m - a): the CPU computes St in a loop of its own, since
-// GCC vectorises a loop that calls expf only when it compares nothing.
+// w from St = S exp(m - a): the CPU computes the exponentials in a loop of
+// their own, since GCC vectorises a loop that calls expf only when it
+// compares nothing.
 ST_HOST_DEVICE inline float mask_gradient_weight_of(float St, float M) { return 1.0f / (float(M == 0.0f) + St); }
 
 ST_HOST_DEVICE inline float mask_gradient_weight(float a, float m, float S, float M) {

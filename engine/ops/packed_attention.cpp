@@ -18,9 +18,12 @@ static void softmax_rows_in_place(float* s, int64_t rows, int64_t cols) {
     float* row = s + r * cols;
     float m = row[0];
     for (int64_t j = 1; j < cols; j++) m = std::max(m, row[j]);
+#pragma omp simd
+    for (int64_t j = 0; j < cols; j++) row[j] -= m;
+    vexp_in_place(row, cols);
     float sum = 0;
 #pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < cols; j++) sum += row[j] = vexp(row[j] - m);
+    for (int64_t j = 0; j < cols; j++) sum += row[j];
     const float inv = 1.0f / sum;
     for (int64_t j = 0; j < cols; j++) row[j] *= inv;
   }

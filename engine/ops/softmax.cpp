@@ -1,5 +1,6 @@
 // Softmax, log-softmax and the multiplicative masked softmax over the last
 // dimension. Rows are independent, so every kernel runs rows in parallel.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -17,9 +18,12 @@ void softmax_forward(float* out, const float* x, int64_t rows, int64_t n) {
     float* yr = out + r * n;
     float m = -std::numeric_limits<float>::infinity();
     for (int64_t i = 0; i < n; i++) m = std::max(m, xr[i]);
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) yr[i] = xr[i] - m;
+    vexp_in_place(yr, n);
     float s = 0.0f;
 #pragma omp simd reduction(+ : s)
-    for (int64_t i = 0; i < n; i++) s += (yr[i] = vexp(xr[i] - m));
+    for (int64_t i = 0; i < n; i++) s += yr[i];
     float inv = 1.0f / s;
     for (int64_t i = 0; i < n; i++) yr[i] *= inv;
   });
@@ -59,40 +63,41 @@ void log_softmax_backward(float* dx, const float* dout, const float* out, int64_
   });
 }
 
-// Row statistics of the masked softmax: m = max over kept keys (M_j != 0),
-// S = sum_k M_k exp(a_k - m). S == 0 means no key is kept.
+// One row of the masked softmax: e_j = exp(a_j - m) into e, m = the max
+// over kept keys (M_j != 0) and S = sum_j M_j e_j; S == 0 means no key is
+// kept (e is then 0). A dropped key may score above m: its exponent is
+// clamped to 0 to stay finite, and M_j = 0 zeroes it. The exponentials
+// have a loop of their own because GCC vectorises a loop that calls expf
+// only when it compares nothing.
 struct RowStats {
   float m, S;
 };
-static inline RowStats masked_row_stats(const float* a, const float* M, int Nk) {
+static inline RowStats masked_row_exp(float* e, const float* a, const float* M, int Nk) {
   float m = -std::numeric_limits<float>::infinity();
 #pragma omp simd reduction(max : m)
   for (int j = 0; j < Nk; j++) m = M[j] != 0.0f ? std::max(m, a[j]) : m;
-  float S = 0.0f;
-  if (m != -std::numeric_limits<float>::infinity()) {
-// A dropped key may score above m; its exponent is clamped to stay finite
-// (M_j = 0 then zeroes it), which keeps the loop free of branches.
-#pragma omp simd reduction(+ : S)
-    for (int j = 0; j < Nk; j++) S += M[j] * vexp(std::min(a[j] - m, 0.0f));
+  if (m == -std::numeric_limits<float>::infinity()) {
+    std::fill_n(e, Nk, 0.0f);
+    return {m, 0.0f};
   }
+#pragma omp simd
+  for (int j = 0; j < Nk; j++) e[j] = std::min(a[j] - m, 0.0f);
+  vexp_in_place(e, Nk);
+  float S = 0.0f;
+#pragma omp simd reduction(+ : S)
+  for (int j = 0; j < Nk; j++) S += M[j] * e[j];
   return {m, S};
 }
 
 // A_ij = M_j exp(a_ij - m_i) / S_i
 void masked_softmax_forward(float* out, const float* scores, const float* mask, int B, int64_t R, int Nk) {
   parallel_for(int64_t(B) * R, use_threads(int64_t(B) * R * Nk, 1 << 14), [&](int64_t row) {
-    const float* a = scores + row * Nk;
     const float* M = mask + (row / R) * Nk;
     float* A = out + row * Nk;
-    const auto [m, S] = masked_row_stats(a, M, Nk);
+    const auto [m, S] = masked_row_exp(A, scores + row * Nk, M, Nk);
     const float inv = S > 0.0f ? 1.0f / S : 0.0f;
-    // Two loops, because GCC vectorises a loop that calls expf only when it
-    // compares nothing: the exponents first (clamped, as in masked_row_stats),
-    // then the exponentials.
 #pragma omp simd
-    for (int j = 0; j < Nk; j++) A[j] = std::min(a[j] - m, 0.0f);
-#pragma omp simd
-    for (int j = 0; j < Nk; j++) A[j] = M[j] * vexp(A[j]) * inv;
+    for (int j = 0; j < Nk; j++) A[j] *= M[j] * inv;
   });
 }
 
@@ -112,8 +117,9 @@ void masked_softmax_backward(float* dscores, float* dmask, const float* dout, co
   // One thread per example: all R rows of example b add into the same dM[b].
   parallel_for(B, use_threads(int64_t(B) * R * Nk, 1 << 14), [&](int64_t b) {
     const float* M = mask + int64_t(b) * Nk;
-    thread_local std::vector<float> St;  // S_i exp(m_i - a_ij) of one row
-    St.resize(size_t(Nk));
+    thread_local std::vector<float> row_buffer;  // one row's exponentials
+    row_buffer.resize(size_t(Nk));
+    float* e = row_buffer.data();
     for (int64_t r = 0; r < R; r++) {
       int64_t row = int64_t(b) * R + r;
       const float* g = dout + row * Nk;
@@ -123,14 +129,15 @@ void masked_softmax_backward(float* dscores, float* dmask, const float* dout, co
       if (dscores)
         for (int j = 0; j < Nk; j++) dscores[row * Nk + j] += A[j] * (g[j] - dot);
       if (dmask) {
-        const auto [m, S] = masked_row_stats(scores + row * Nk, M, Nk);
-        if (S == 0.0f) continue;
         const float* a = scores + row * Nk;
+        const auto [m, S] = masked_row_exp(e, a, M, Nk);
+        if (S == 0.0f) continue;
         float* dM = dmask + int64_t(b) * Nk;
 #pragma omp simd
-        for (int j = 0; j < Nk; j++) St[size_t(j)] = S * vexp(m - a[j]);  // its own loop, as in the forward
+        for (int j = 0; j < Nk; j++) e[j] = m - a[j];
+        vexp_in_place(e, Nk);  // exp(m - a_ij)
 #pragma omp simd
-        for (int j = 0; j < Nk; j++) dM[j] += mask_gradient_weight_of(St[size_t(j)], M[j]) * (g[j] - dot);
+        for (int j = 0; j < Nk; j++) dM[j] += mask_gradient_weight_of(S * e[j], M[j]) * (g[j] - dot);
       }
     }
   });

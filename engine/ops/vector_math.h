@@ -8,6 +8,7 @@
 // at most a few units in the last place.
 #pragma once
 #include <cmath>
+#include <cstdint>
 
 #include "engine/host_device.h"
 
@@ -22,6 +23,24 @@ extern "C" float erff(float) noexcept;
 
 namespace st::cpu {
 inline float vexp(float x) { return ::expf(x); }
+
+// x[j] = exp(x[j]) for j < n, vectorised to the end. A `#pragma omp simd`
+// loop leaves its last n % 16 elements to one expf call each, and attention
+// rows are short (12 text tokens, 37 patches, fewer once trimmed): most of
+// such a row would be that remainder. It is done instead as one more whole
+// vector, over a copy padded with zeros.
+inline void vexp_in_place(float* x, int64_t n) {
+  constexpr int64_t kWidth = 16;  // floats per libmvec call at AVX-512 (a multiple of the narrower ISAs')
+  const int64_t body = n - n % kWidth;
+#pragma omp simd
+  for (int64_t j = 0; j < body; j++) x[j] = vexp(x[j]);
+  if (body == n) return;
+  alignas(64) float tail[kWidth] = {};
+  for (int64_t j = body; j < n; j++) tail[j - body] = x[j];
+#pragma omp simd
+  for (int64_t j = 0; j < kWidth; j++) tail[j] = vexp(tail[j]);
+  for (int64_t j = body; j < n; j++) x[j] = tail[j - body];
+}
 // GELU in its exact form, x Phi(x) = 0.5 x (1 + erf(x / sqrt 2)); the gelu op
 // on both devices and the fused loops of the packed path share it.
 inline constexpr float kInvSqrt2 = 0.70710678118654752f;
