@@ -322,6 +322,7 @@ TEST_CASE("cuda: SmartTrim training steps follow the CPU's, and a GPU checkpoint
   o.task = st::Task::VQA;
   o.total_steps = 6;
   o.curriculum.goal = 0.5;
+  o.batch_shards = 1;  // the GPU runs one shard; the CPU's shards would draw other noise
   st::SmartTrimTrainer cpu(c, o, 3, 4), gpu(c, o, 3, 4);
   gpu.move_to(Device::CUDA);
   st::testing::MeterBatch mb = st::testing::make_meter_batch(c, {9, 6, 4, 8}, 9, 5);
