@@ -18,7 +18,6 @@ data=$out/data
 full_steps=$((8000 * scale))
 half_steps=$((3000 * scale))
 third_steps=$((800 * scale))
-unguided_steps=$((200 * scale))
 start=$(date +%s)
 
 run() {  # prints, then runs, a command
@@ -56,9 +55,9 @@ smarttrim=(--config configs/demo-fashion-smarttrim.json --init "$out/full/model.
 half=(--target 0.5 --noise-free-fraction 0.4)
 run $bin train "${smarttrim[@]}" "${half[@]}" --out "$out/trim0.5" --steps $half_steps
 run $bin train "${smarttrim[@]}" --target 0.33 --out "$out/trim0.33" --steps $third_steps
-echo "   and at 0.5 without cross-modal guidance, for the figures"
+echo "   and at 0.5 without cross-modal guidance (the same recipe and steps), for the ablation and the figures"
 run $bin train "${smarttrim[@]}" "${half[@]}" --set smarttrim.cross_modal_guidance=false \
-  --out "$out/trim0.5-unguided" --steps $unguided_steps
+  --out "$out/trim0.5-unguided" --steps $half_steps
 
 echo "== 4. evaluation on the held-out test split ($(elapsed) s)"
 evals=$out/eval
