@@ -16,7 +16,7 @@ out=${DEMO_OUT:-out/demo}
 scale=${DEMO_SCALE:-1}
 data=$out/data
 full_steps=$((8000 * scale))
-half_steps=$((3000 * scale))
+half_steps=$((2500 * scale))
 third_steps=$((800 * scale))
 start=$(date +%s)
 
