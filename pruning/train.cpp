@@ -177,13 +177,13 @@ namespace {
 
 // A shard of the batch through one training step.
 struct Shard {
-  int64_t begin = 0, end = 0;  // its examples
-  TrainBatch batch;
-  Rng own_rng;                       // drawn from when the batch has more than one shard
+  int64_t begin = 0, end = 0;              // its examples
+  TrainBatch batch;                        // those examples (the batch itself when there is one shard)
+  Rng own_rng;                             // its noise, when the batch has more than one shard
   std::vector<PassCounts<Tensor>> counts;  // the student's kept counts, one per pass
-  ObjectiveTerms terms;              // its separable terms and rho; without trimmers only task
-  std::vector<Node> tape;            // its forward graph, between the two phases
-  LeafGradients grads;               // its part of the parameters' gradients
+  ObjectiveTerms terms;                    // its separable terms and rho; without trimmers only task
+  std::vector<Node> tape;                  // its forward graph, between the two phases
+  LeafGradients grads;                     // its part of the parameters' gradients
 };
 
 // f(shard) for every shard, each on a thread of its own where there are
@@ -250,8 +250,12 @@ StepLog SmartTrimTrainer::step(const TrainBatch& batch_anywhere) {
     Shard& s = shards[k];
     s.begin = B * int64_t(k) / int64_t(shards.size());
     s.end = B * int64_t(k + 1) / int64_t(shards.size());
-    s.batch = shards.size() == 1 ? batch : batch.examples(s.begin, s.end);
-    s.own_rng = rng_.split(k);
+    if (shards.size() == 1) {
+      s.batch = batch;
+    } else {
+      s.batch = batch.examples(s.begin, s.end);
+      s.own_rng = rng_.split(k);
+    }
   }
 
   // Phase 1: the forward passes. Dropout and the Gumbel noise draw from the
