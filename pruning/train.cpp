@@ -214,6 +214,59 @@ double shard_mean(const std::vector<Shard>& shards, int64_t B, const Value& valu
 
 float item_or_zero(const Tensor& t) { return t.defined() ? t.item() : 0.0f; }
 
+// The mean and spread of the whole batch's FLOPs ratios.
+void log_ratios(StepLog& log, const std::vector<Shard>& shards) {
+  std::vector<float> rho;
+  for (const Shard& s : shards) {
+    const std::vector<float> part = s.terms.rho.to_vector();
+    rho.insert(rho.end(), part.begin(), part.end());
+  }
+  double sum = 0, sq = 0;
+  for (float r : rho) sum += r;
+  log.ratio_mean = sum / double(rho.size());
+  for (float r : rho) sq += (r - log.ratio_mean) * (r - log.ratio_mean);
+  log.ratio_std = std::sqrt(sq / double(rho.size()));
+}
+
+// The losses of the whole batch: each term the shards' weighted mean,
+// L_cost from the batch's mean ratio (log.ratio_mean, log.target).
+void log_terms(StepLog& log, const std::vector<Shard>& shards, int64_t B, bool trimming, const ObjectiveWeights& w) {
+  log.task_loss = float(shard_mean(shards, B, [](const Shard& s) { return s.terms.task.item(); }));
+  log.teacher_loss = float(shard_mean(shards, B, [](const Shard& s) { return item_or_zero(s.terms.teacher_task); }));
+  log.distill_loss = float(shard_mean(shards, B, [](const Shard& s) { return item_or_zero(s.terms.distill); }));
+  if (!trimming) {
+    log.loss = log.task_loss;
+    return;
+  }
+  const double gap = log.ratio_mean - log.target;
+  log.cost_loss = float(gap * gap);
+  log.loss = float(double(log.task_loss) + double(w.alpha) * log.teacher_loss + double(w.lambda_sd) * log.distill_loss +
+                   double(w.lambda_cost) * log.cost_loss);
+}
+
+// Kept tokens and heads per layer: the mean over the batch, over both passes for NLVR2.
+void log_kept(StepLog& log, const std::vector<Shard>& shards, int64_t B) {
+  auto kept = [&](std::vector<Tensor> PassCounts<Tensor>::*field) {
+    std::vector<double> out;
+    for (const Shard& s : shards) {
+      std::vector<std::vector<double>> per_pass;
+      for (const PassCounts<Tensor>& c : s.counts) per_pass.push_back(batch_means(c.*field));
+      const std::vector<double> part = mean_of(per_pass);
+      out.resize(part.size(), 0.0);
+      for (size_t i = 0; i < part.size(); i++) out[i] += double(s.end - s.begin) / double(B) * part[i];
+    }
+    return out;
+  };
+  log.vit_tokens = kept(&PassCounts<Tensor>::vit_tokens);
+  log.text_tokens = kept(&PassCounts<Tensor>::text_tokens);
+  log.cross_text_tokens = kept(&PassCounts<Tensor>::cross_text_tokens);
+  log.cross_image_tokens = kept(&PassCounts<Tensor>::cross_image_tokens);
+  log.text_self_heads = kept(&PassCounts<Tensor>::text_self_heads);
+  log.text_cross_heads = kept(&PassCounts<Tensor>::text_cross_heads);
+  log.image_self_heads = kept(&PassCounts<Tensor>::image_self_heads);
+  log.image_cross_heads = kept(&PassCounts<Tensor>::image_cross_heads);
+}
+
 }  // namespace
 
 int SmartTrimTrainer::shard_count(int64_t batch_size) const {
@@ -296,18 +349,8 @@ StepLog SmartTrimTrainer::step(const TrainBatch& batch_anywhere) {
   });
   if (shards.size() > 1) rng_.take(1);  // the next step's shards split from another state
 
-  // The whole batch's FLOPs ratios
-  std::vector<float> rho;
-  if (trimming)
-    for (const Shard& s : shards) {
-      const std::vector<float> part = s.terms.rho.to_vector();
-      rho.insert(rho.end(), part.begin(), part.end());
-    }
-  double sum = 0, sq = 0;
-  for (float r : rho) sum += r;
-  log.ratio_mean = trimming ? sum / double(rho.size()) : 1.0;
-  for (float r : rho) sq += (r - log.ratio_mean) * (r - log.ratio_mean);
-  log.ratio_std = trimming ? std::sqrt(sq / double(rho.size())) : 0.0;
+  if (trimming) log_ratios(log, shards);
+  else log.ratio_mean = 1.0;
   const double cost_slope = 2.0 * (log.ratio_mean - log.target) / double(B);  // dL_cost / drho_b
 
   // Phase 2: each shard's part of the objective, and its backward pass.
@@ -320,36 +363,8 @@ StepLog SmartTrimTrainer::step(const TrainBatch& batch_anywhere) {
   });
   for (Shard& s : shards) s.grads.add_to_leaves();
 
-  log.task_loss = float(shard_mean(shards, B, [](const Shard& s) { return s.terms.task.item(); }));
-  log.teacher_loss = float(shard_mean(shards, B, [](const Shard& s) { return item_or_zero(s.terms.teacher_task); }));
-  log.distill_loss = float(shard_mean(shards, B, [](const Shard& s) { return item_or_zero(s.terms.distill); }));
-  const double gap = log.ratio_mean - log.target;
-  log.cost_loss = trimming ? float(gap * gap) : 0.0f;
-  log.loss = trimming ? float(double(log.task_loss) + double(w.alpha) * log.teacher_loss +
-                              double(w.lambda_sd) * log.distill_loss + double(w.lambda_cost) * log.cost_loss)
-                      : log.task_loss;
-  if (trimming) {
-    // kept tokens and heads per layer: the mean over the batch, over both passes for NLVR2
-    auto kept = [&](std::vector<Tensor> PassCounts<Tensor>::*field) {
-      std::vector<double> out;
-      for (const Shard& s : shards) {
-        std::vector<std::vector<double>> per_pass;
-        for (const PassCounts<Tensor>& c : s.counts) per_pass.push_back(batch_means(c.*field));
-        const std::vector<double> part = mean_of(per_pass);
-        out.resize(part.size(), 0.0);
-        for (size_t i = 0; i < part.size(); i++) out[i] += double(s.end - s.begin) / double(B) * part[i];
-      }
-      return out;
-    };
-    log.vit_tokens = kept(&PassCounts<Tensor>::vit_tokens);
-    log.text_tokens = kept(&PassCounts<Tensor>::text_tokens);
-    log.cross_text_tokens = kept(&PassCounts<Tensor>::cross_text_tokens);
-    log.cross_image_tokens = kept(&PassCounts<Tensor>::cross_image_tokens);
-    log.text_self_heads = kept(&PassCounts<Tensor>::text_self_heads);
-    log.text_cross_heads = kept(&PassCounts<Tensor>::text_cross_heads);
-    log.image_self_heads = kept(&PassCounts<Tensor>::image_self_heads);
-    log.image_cross_heads = kept(&PassCounts<Tensor>::image_cross_heads);
-  }
+  log_terms(log, shards, B, trimming, w);
+  if (trimming) log_kept(log, shards, B);
   update(log);
   return log;
 }
