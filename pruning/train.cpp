@@ -178,6 +178,7 @@ namespace {
 // A shard of the batch through one training step.
 struct Shard {
   int64_t begin = 0, end = 0;              // its examples
+  double share = 1;                        // n_k / B: its weight in the batch's means
   TrainBatch batch;                        // those examples (the batch itself when there is one shard)
   Rng own_rng;                             // its noise, when the batch has more than one shard
   std::vector<PassCounts<Tensor>> counts;  // the student's kept counts, one per pass
@@ -204,11 +205,11 @@ void for_each_shard(std::vector<Shard>& shards, const F& f) {
     if (e) std::rethrow_exception(e);
 }
 
-// sum_k share_k value(shard k), share_k = n_k / B
+// sum_k share_k value(shard k)
 template <class Value>
-double shard_mean(const std::vector<Shard>& shards, int64_t B, const Value& value) {
+double shard_mean(const std::vector<Shard>& shards, const Value& value) {
   double sum = 0;
-  for (const Shard& s : shards) sum += double(s.end - s.begin) / double(B) * value(s);
+  for (const Shard& s : shards) sum += s.share * value(s);
   return sum;
 }
 
@@ -230,10 +231,10 @@ void log_ratios(StepLog& log, const std::vector<Shard>& shards) {
 
 // The losses of the whole batch: each term the shards' weighted mean,
 // L_cost from the batch's mean ratio (log.ratio_mean, log.target).
-void log_terms(StepLog& log, const std::vector<Shard>& shards, int64_t B, bool trimming, const ObjectiveWeights& w) {
-  log.task_loss = float(shard_mean(shards, B, [](const Shard& s) { return s.terms.task.item(); }));
-  log.teacher_loss = float(shard_mean(shards, B, [](const Shard& s) { return item_or_zero(s.terms.teacher_task); }));
-  log.distill_loss = float(shard_mean(shards, B, [](const Shard& s) { return item_or_zero(s.terms.distill); }));
+void log_terms(StepLog& log, const std::vector<Shard>& shards, bool trimming, const ObjectiveWeights& w) {
+  log.task_loss = float(shard_mean(shards, [](const Shard& s) { return s.terms.task.item(); }));
+  log.teacher_loss = float(shard_mean(shards, [](const Shard& s) { return item_or_zero(s.terms.teacher_task); }));
+  log.distill_loss = float(shard_mean(shards, [](const Shard& s) { return item_or_zero(s.terms.distill); }));
   if (!trimming) {
     log.loss = log.task_loss;
     return;
@@ -245,7 +246,7 @@ void log_terms(StepLog& log, const std::vector<Shard>& shards, int64_t B, bool t
 }
 
 // Kept tokens and heads per layer: the mean over the batch, over both passes for NLVR2.
-void log_kept(StepLog& log, const std::vector<Shard>& shards, int64_t B) {
+void log_kept(StepLog& log, const std::vector<Shard>& shards) {
   auto kept = [&](std::vector<Tensor> PassCounts<Tensor>::*field) {
     std::vector<double> out;
     for (const Shard& s : shards) {
@@ -253,7 +254,7 @@ void log_kept(StepLog& log, const std::vector<Shard>& shards, int64_t B) {
       for (const PassCounts<Tensor>& c : s.counts) per_pass.push_back(batch_means(c.*field));
       const std::vector<double> part = mean_of(per_pass);
       out.resize(part.size(), 0.0);
-      for (size_t i = 0; i < part.size(); i++) out[i] += double(s.end - s.begin) / double(B) * part[i];
+      for (size_t i = 0; i < part.size(); i++) out[i] += s.share * part[i];
     }
     return out;
   };
@@ -303,6 +304,7 @@ StepLog SmartTrimTrainer::step(const TrainBatch& batch_anywhere) {
     Shard& s = shards[k];
     s.begin = B * int64_t(k) / int64_t(shards.size());
     s.end = B * int64_t(k + 1) / int64_t(shards.size());
+    s.share = double(s.end - s.begin) / double(B);
     if (shards.size() == 1) {
       s.batch = batch;
     } else {
@@ -357,14 +359,13 @@ StepLog SmartTrimTrainer::step(const TrainBatch& batch_anywhere) {
   for_each_shard(shards, [&](Shard& s) {
     put_tape(std::move(s.tape));
     LeafGradientScope into(s.grads);
-    const double share = double(s.end - s.begin) / double(B);
-    const Tensor part = trimming ? shard_objective(s.terms, share, cost_slope, w) : s.terms.task * float(share);
+    const Tensor part = trimming ? shard_objective(s.terms, s.share, cost_slope, w) : s.terms.task * float(s.share);
     part.backward();
   });
   for (Shard& s : shards) s.grads.add_to_leaves();
 
-  log_terms(log, shards, B, trimming, w);
-  if (trimming) log_kept(log, shards, B);
+  log_terms(log, shards, trimming, w);
+  if (trimming) log_kept(log, shards);
   update(log);
   return log;
 }
