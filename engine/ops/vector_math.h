@@ -26,9 +26,9 @@ inline float vexp(float x) { return ::expf(x); }
 
 // x[j] = exp(x[j]) for j < n, vectorised to the end. A `#pragma omp simd`
 // loop leaves its last n % 16 elements to one expf call each, and attention
-// rows are short (12 text tokens, 37 patches, fewer once trimmed): most of
-// such a row would be that remainder. It is done instead as one more whole
-// vector, over a copy padded with zeros.
+// rows are short (the demo's questions have about 8 tokens, its images 37,
+// fewer once trimmed): most of such a row would be that remainder. It is
+// done instead as one more whole vector, over a copy padded with zeros.
 inline void vexp_in_place(float* x, int64_t n) {
   constexpr int64_t kWidth = 16;  // floats per libmvec call at AVX-512 (a multiple of the narrower ISAs')
   const int64_t body = n - n % kWidth;
