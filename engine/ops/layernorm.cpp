@@ -2,6 +2,7 @@
 #include <cmath>
 
 #include "engine/ops/common.h"
+#include "engine/ops/vec16.h"
 
 namespace st {
 namespace cpu {
@@ -9,15 +10,23 @@ namespace cpu {
 // One row: out = (x - mean) / sqrt(var + eps) * w + b; returns mean and 1/std.
 static void normalize_row(float* out, float& mean, float& rstd, const float* x, const float* weight,
                           const float* bias, int n, float eps) {
-  // `omp simd reduction` lets the compiler reorder these sums into vector
-  // lanes (it may not by itself: float addition is not associative).
-  float m = 0.0f;
-#pragma omp simd reduction(+ : m)
-  for (int i = 0; i < n; i++) m += x[i];
+  // The sums run over whole vectors and then their lanes (vec16.h), the last
+  // n % 16 elements one by one: a row of a small model (40 to 64 wide) is a
+  // few vectors, and a compiler's own reduction would end each sum with a
+  // fifteen-step chain.
+  const int body = n - n % kLanes;
+  Vec16 lanes{};
+  for (int i = 0; i < body; i += kLanes) lanes += load16(x + i);
+  float m = lanes_sum(lanes);
+  for (int i = body; i < n; i++) m += x[i];
   m /= float(n);
-  float v = 0.0f;  // two passes: the one-pass formula cancels badly when |mean| >> std
-#pragma omp simd reduction(+ : v)
-  for (int i = 0; i < n; i++) v += (x[i] - m) * (x[i] - m);
+  lanes = Vec16{};  // two passes: the one-pass formula cancels badly when |mean| >> std
+  for (int i = 0; i < body; i += kLanes) {
+    const Vec16 c = load16(x + i) - m;
+    lanes += c * c;
+  }
+  float v = lanes_sum(lanes);
+  for (int i = body; i < n; i++) v += (x[i] - m) * (x[i] - m);
   v /= float(n);
   const float s = 1.0f / std::sqrt(v + eps);
 #pragma omp simd

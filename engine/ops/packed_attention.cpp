@@ -14,12 +14,12 @@
 // pays off for large products but costs more than the product itself for a
 // 16 x 16 x 10 job, and a small model runs thousands of such jobs per batch.
 #include <algorithm>
-#include <cstring>
 #include <limits>
 #include <vector>
 
 #include "engine/gemm.h"
 #include "engine/ops/common.h"
+#include "engine/ops/vec16.h"
 #include "engine/ops/vector_math.h"
 
 namespace st {
@@ -27,38 +27,8 @@ namespace cpu {
 
 // --- the direct kernel for short segments
 
-// 16 floats that the compiler keeps in one vector register where it can (one
-// zmm with AVX-512, two ymm with AVX2); `a + s * b` works lane by lane, a
-// scalar s broadcast to every lane.
-typedef float Vec16 __attribute__((vector_size(64)));
-constexpr int kLanes = 16;
 constexpr int kMaxKeyBlocks = 4, kMaxColumnBlocks = 2;  // the direct kernel's m <= 64 and k <= 32
 constexpr int kRowsAtOnce = 4;  // query rows computed together: independent FMA chains hide their latency
-
-static inline Vec16 load16(const float* p) {
-  Vec16 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-static inline void store16(float* p, Vec16 v) { std::memcpy(p, &v, sizeof v); }
-
-// Lane-wise max, and the max and the sum of all 16 lanes (halving trees: four
-// dependent steps instead of fifteen).
-static inline Vec16 vmax(Vec16 a, Vec16 b) { return a > b ? a : b; }
-static inline float lanes_max(Vec16 v) {
-  v = vmax(v, __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));
-  v = vmax(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11));
-  v = vmax(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));
-  v = vmax(v, __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
-  return v[0];
-}
-static inline float lanes_sum(Vec16 v) {
-  v += __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
-  v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
-  v += __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
-  v += __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
-  return v[0];
-}
 
 // One job, m <= 16 MB keys and k <= 16 KB columns:
 //   q (n rows, stride d), k and v (m rows, stride d) -> ctx (n rows, stride d), k columns each.
