@@ -25,18 +25,45 @@ static inline void outer_offsets(const Broadcast& g, int64_t o, int64_t& off_a, 
   }
 }
 
-void binary_forward(Binary op, float* out, const float* a, const float* b, const Broadcast& g) {
-  int64_t inner = g.rank ? g.size[g.rank - 1] : 1;
-  int64_t sa = g.rank ? g.stride_a[g.rank - 1] : 0, sb = g.rank ? g.stride_b[g.rank - 1] : 0;
-  int64_t outer = g.numel() / (inner ? inner : 1);
+// One op over the rows of a broadcast. The op is a template argument, so the
+// inner loops carry no switch and vectorise; the common stride patterns
+// (both operands contiguous along the last dimension, or one of them a
+// single value there) get loops of their own.
+template <Binary Op>
+static void binary_rows(float* out, const float* a, const float* b, const Broadcast& g) {
+  const int64_t inner = g.rank ? g.size[g.rank - 1] : 1;
+  const int64_t sa = g.rank ? g.stride_a[g.rank - 1] : 0, sb = g.rank ? g.stride_b[g.rank - 1] : 0;
+  const int64_t outer = g.numel() / (inner ? inner : 1);
   parallel_for(outer, use_threads(g.numel(), 1 << 15), [&](int64_t o) {
     int64_t off_a, off_b;
     outer_offsets(g, o, off_a, off_b);
     float* y = out + o * inner;
     const float* pa = a + off_a;
     const float* pb = b + off_b;
-    for (int64_t i = 0; i < inner; i++) y[i] = apply(op, pa[i * sa], pb[i * sb]);
+    if (sa == 1 && sb == 1) {
+#pragma omp simd
+      for (int64_t i = 0; i < inner; i++) y[i] = apply(Op, pa[i], pb[i]);
+    } else if (sa == 1 && sb == 0) {
+      const float vb = pb[0];
+#pragma omp simd
+      for (int64_t i = 0; i < inner; i++) y[i] = apply(Op, pa[i], vb);
+    } else if (sa == 0 && sb == 1) {
+      const float va = pa[0];
+#pragma omp simd
+      for (int64_t i = 0; i < inner; i++) y[i] = apply(Op, va, pb[i]);
+    } else {
+      for (int64_t i = 0; i < inner; i++) y[i] = apply(Op, pa[i * sa], pb[i * sb]);
+    }
   });
+}
+
+void binary_forward(Binary op, float* out, const float* a, const float* b, const Broadcast& g) {
+  switch (op) {
+    case Binary::Add: return binary_rows<Binary::Add>(out, a, b, g);
+    case Binary::Sub: return binary_rows<Binary::Sub>(out, a, b, g);
+    case Binary::Mul: return binary_rows<Binary::Mul>(out, a, b, g);
+    case Binary::Div: return binary_rows<Binary::Div>(out, a, b, g);
+  }
 }
 
 void binary_backward(Binary op, float* da, float* db, const float* dout, const float* a, const float* b,

@@ -23,6 +23,7 @@ void gemm_batched(bool ta, bool tb, int M, int N, int K, float alpha, const floa
 
 void add_bias_rows(float* y, const float* bias, int64_t rows, int n) {
   parallel_for(rows, use_threads(rows * n, 1 << 15), [&](int64_t r) {
+#pragma omp simd
     for (int i = 0; i < n; i++) y[r * n + i] += bias[i];
   });
 }
