@@ -8,11 +8,12 @@
 //   model's, or a trimmed one's): a direct kernel whose scores and outputs
 //   stay in vector registers;
 // - the rest: two GEMMs around a row softmax, the (n, m) score matrix in a
-//   per-thread buffer. At k = 64 (METER-base) the GEMMs were as fast as the
-//   direct kernel or faster, even for 20 x 60 jobs.
+//   per-thread buffer. At k = 64 (METER-base) the GEMMs were faster than
+//   the direct kernel, for 64 x 64 and for 20 x 60 jobs alike.
 // A GEMM call packs both operands into panels before it multiplies, which
-// pays off for large products but costs more than the product itself for a
-// 16 x 16 x 10 job, and a small model runs thousands of such jobs per batch.
+// pays off for large products; for a 16 x 16 x 10 job it took twice as long
+// as the direct kernel, and a small model runs thousands of such jobs per
+// batch.
 #include <algorithm>
 #include <limits>
 #include <vector>
@@ -33,9 +34,9 @@ constexpr int kRowsAtOnce = 4;  // query rows computed together: independent FMA
 // One job, m <= 16 MB keys and k <= 16 KB columns:
 //   q (n rows, stride d), k and v (m rows, stride d) -> ctx (n rows, stride d), k columns each.
 // Kt (k, 16 MB) holds K transposed and Vp (m, 16 KB) holds V, both zero-padded
-// to whole vectors. Rows are taken kRowsAtOnce at a time; past the last row, the last row is
-// computed again and not written. The softmax's 1 / sum scales the outputs
-// (k values per row) rather than the weights (m values).
+// to whole vectors. Rows are taken kRowsAtOnce at a time; past the last row,
+// the last row is computed again and not written. The softmax's 1 / sum
+// scales the outputs (k values per row) rather than the weights (m values).
 template <int MB, int KB>
 static void attend_short(float* ctx, const float* q, const float* kx, const float* vx, int64_t n, int64_t m,
                          int64_t k, int64_t d) {
