@@ -10,6 +10,7 @@
 
 #include "engine/error.h"
 #include "engine/kernels.h"
+#include "engine/ops/head_projection.h"
 #include "engine/parallel.h"
 
 namespace st {
@@ -159,8 +160,10 @@ void project_rows(const Tensor& x, const Tensor& rows, const float* W, const flo
 // Q, K, V and output columns are never computed. Attention: one job per
 // (example, kept head), spread over the threads. Output projection: with a
 // head mask, O = b_o + sum over heads of ctx[:, head] W_o[:, head]^T, one
-// GEMM per head on its rows. Every example is charged for exactly the work
-// done for it.
+// GEMM per head on its rows. A small model on the CPU does the masked
+// projections row by row instead (engine/ops/head_projection.h): the same
+// products, without gathering and scattering rows. Every example is charged
+// for exactly the work done for it.
 Tensor packed_attention(const Attention& attention, const Tensor& x, const Segments& qs, const Tensor& memory,
                         const Segments& ks, const Tensor& head_keep, Flops& flops) {
   const AttentionWeights w = weights_of(attention);
@@ -186,11 +189,21 @@ Tensor packed_attention(const Attention& attention, const Tensor& x, const Segme
   // --- projections: q (R, d), k and v (R', d); a dropped head's columns stay unwritten
   Tensor q = Tensor::empty({qs.total(), d}, DType::F32, dev);
   Tensor kk = Tensor::empty({ks.total(), d}, DType::F32, dev), v = Tensor::empty({ks.total(), d}, DType::F32, dev);
+  const Tensor q_at = offsets_on(qs, dev), k_at = &ks == &qs ? q_at : offsets_on(ks, dev);  // self: one upload
+  // With a head mask, a small model on the CPU projects row by row (engine/ops/head_projection.h).
+  const bool by_rows = !every_head && dev == Device::CPU && cpu::head_projection_fits(d, k, d);
   std::vector<Tensor> q_rows, k_rows;  // [head] -> rows of the examples keeping it (on dev)
   if (every_head) {
     project(x, w.wq, w.bq, scale, q);
     project(memory, w.wk, w.bk, 1.0f, kk);
     project(memory, w.wv, w.bv, 1.0f, v);
+  } else if (by_rows) {
+    cpu::project_into_heads(q.data(), x.data(), w.wq, w.bq, scale, q_at.ints(), keep.data(), int(B), int(H), int(k),
+                            int(d));
+    cpu::project_into_heads(kk.data(), memory.data(), w.wk, w.bk, 1.0f, k_at.ints(), keep.data(), int(B), int(H),
+                            int(k), int(d));
+    cpu::project_into_heads(v.data(), memory.data(), w.wv, w.bv, 1.0f, k_at.ints(), keep.data(), int(B), int(H),
+                            int(k), int(d));
   } else {
     for (const auto& rows : rows_per_head(qs, keep, H)) q_rows.push_back(index_on(rows, dev));
     for (const auto& rows : rows_per_head(ks, keep, H)) k_rows.push_back(index_on(rows, dev));
@@ -209,7 +222,6 @@ Tensor packed_attention(const Attention& attention, const Tensor& x, const Segme
       if (keeps(b, h)) jobs.push_back({b, h});
   Tensor ctx = Tensor::empty({qs.total(), d}, DType::F32, dev);
   const Tensor keep_on_dev = every_head ? Tensor() : head_keep.to(dev);
-  const Tensor q_at = offsets_on(qs, dev), k_at = &ks == &qs ? q_at : offsets_on(ks, dev);  // self: one upload
   ST_KERNEL(dev, packed_attention_forward)(ctx.data(), q.data(), kk.data(), v.data(), q_at.ints(), k_at.ints(),
                                            every_head ? nullptr : keep_on_dev.data(), int(B), int(H), int(k));
   for (const auto& [b, h] : jobs) flops[size_t(b)] += 4.0 * double(qs.rows(b)) * double(ks.rows(b)) * double(k);
@@ -219,6 +231,10 @@ Tensor packed_attention(const Attention& attention, const Tensor& x, const Segme
   if (every_head) {
     out = Tensor::empty({qs.total(), d}, DType::F32, dev);
     project(ctx, w.wo, w.bo, 1.0f, out);
+  } else if (by_rows) {
+    out = Tensor::empty({qs.total(), d}, DType::F32, dev);
+    cpu::project_out_of_heads(out.data(), ctx.data(), w.wo, w.bo, q_at.ints(), keep.data(), int(B), int(H), int(k),
+                              int(d));
   } else {
     // Head by head: the rows that keep h read ctx's columns of h and W_o's
     // columns of h. The heads run one after another (they add into the same rows).

@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include "engine/kernels.h"
+#include "engine/ops/head_projection.h"
 #include "layers/meter.h"
 #include "pruning/packed.h"
 #include "tests/compare.h"
@@ -21,17 +22,24 @@ using st::testing::check_same_counts;
 using st::testing::sharpen_trimmers;
 
 TEST_CASE("packed: masked and packed passes agree, and the executed FLOPs equal the cost model, per example") {
-  // The shipped placement, the plain model, and two variants that exercise the
-  // other code paths: text-encoder trimmers, and trimmers without cross-modal guidance.
+  // The shipped placement, the plain model, and variants that exercise the
+  // other code paths: text-encoder trimmers, trimmers without cross-modal
+  // guidance, and co-attention heads of 40 columns, past the row-by-row head
+  // projections' sizes (engine/ops/head_projection.h), so one GEMM per head.
   st::MeterConfig shipped = st::load_meter_config("configs/meter-tiny-smarttrim.json");
-  st::MeterConfig text_trimmers = shipped, unguided = shipped;
+  st::MeterConfig text_trimmers = shipped, unguided = shipped, wide_heads = shipped;
   text_trimmers.trim.text_token_layers = {1};
   unguided.trim.cross_modal_guidance = false;
+  wide_heads.hidden_size = 80, wide_heads.num_heads = 2;
+  REQUIRE(st::cpu::head_projection_fits(shipped.hidden_size, shipped.hidden_size / shipped.num_heads,
+                                        shipped.hidden_size));
+  REQUIRE_FALSE(st::cpu::head_projection_fits(80, 40, 80));
   const std::vector<std::pair<const char*, st::MeterConfig>> configs = {
       {"meter-tiny-smarttrim", shipped},
       {"meter-tiny", st::load_meter_config("configs/meter-tiny.json")},
       {"with text-encoder trimmers", text_trimmers},
-      {"without cross-modal guidance", unguided}};
+      {"without cross-modal guidance", unguided},
+      {"with heads of 40 columns", wide_heads}};
   for (const auto& [name, c] : configs) {
     INFO(name);
     st::Meter model(c, 21);
@@ -67,6 +75,13 @@ TEST_CASE("packed: masked and packed passes agree, and the executed FLOPs equal 
         }
         CHECK(got.flops[size_t(e)] == model_flops);
         kept_image.push_back(got.counts[size_t(e)].cross_image_tokens.front());
+      }
+      if (c.trim.has_head_trimmers()) {  // the head trimmers did drop some heads: the masked projections ran
+        double heads_dropped = 0;
+        for (int64_t e = 0; e < 5; e++)
+          for (const auto* heads : {&got.counts[size_t(e)].text_self_heads, &got.counts[size_t(e)].image_cross_heads})
+            for (double kept : *heads) heads_dropped += c.num_heads - kept;
+        CHECK(heads_dropped > 0);
       }
       if (!c.trim.text_token_layers.empty()) {  // the text trimmer did drop something
         double text_dropped = 0;

@@ -1,0 +1,37 @@
+// Attention's projections when examples drop heads, computed row by row on
+// the CPU (the packed inference path, pruning/packed.cpp).
+//
+// With a head mask, example b needs only the columns of the heads it keeps.
+// The device-generic way is one GEMM per head over the rows of the examples
+// that keep it, with the rows gathered before and scattered after. For a
+// small model those GEMMs are 16 columns wide and a few hundred rows long,
+// and packing their operands, gathering and scattering took longer than the
+// products. These kernels read the rows where they are and write the
+// results where they go, four rows at a time in vector registers,
+// the weights transposed once per call.
+//
+// Segments: example b owns rows at[b] .. at[b+1]; keep (B, H) is 0/1, on
+// the host. Head h is columns h*k .. (h+1)*k of an (R, H*k) tensor.
+#pragma once
+#include <cstdint>
+
+namespace st::cpu {
+
+// Whether the kernels below handle these sizes: k <= 32 columns per head,
+// d_in <= 256 inputs into the heads and d_out <= 128 outputs out of them;
+// larger models keep the per-head GEMMs, which are faster there.
+bool head_projection_fits(int64_t d_in, int64_t k, int64_t d_out);
+
+// Into the heads (Q, K, V): for each example b and each head h it keeps,
+//   y[rows of b, cols of h] = (x[rows of b] W[cols of h]^T + bias[cols of h]) * scale
+// x (R, d_in), W (H*k, d_in), bias (H*k), y (R, H*k). A dropped head's columns of y are not written.
+void project_into_heads(float* y, const float* x, const float* W, const float* bias, float scale,
+                        const int32_t* at, const float* keep, int B, int H, int k, int d_in);
+
+// Out of the heads (O): for each example b,
+//   y[rows of b] = bias + sum over the heads h it keeps of x[rows of b, cols of h] W[:, cols of h]^T
+// x (R, H*k), W (d_out, H*k), bias (d_out), y (R, d_out). A dropped head's columns of x are not read.
+void project_out_of_heads(float* y, const float* x, const float* W, const float* bias, const int32_t* at,
+                          const float* keep, int B, int H, int k, int d_out);
+
+}  // namespace st::cpu
