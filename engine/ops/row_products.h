@@ -1,0 +1,89 @@
+// Rows of a small matrix times a small weight matrix, straight from and
+// into the rows where they live, on the CPU: the inner step of the
+// kernels that replace tiny GEMMs in the packed inference path of a small
+// model (head_projection.cpp, token_logits.cpp).
+//
+// y[r, cols] = (init + x[r, inputs] . Wt[inputs, cols]) * scale, with Wt the
+// weights transposed (inputs, outputs) so that a row of it is contiguous
+// across output columns. A step takes R rows of x (up to 4) and V vectors
+// of 16 output columns (up to 4): R x V independent sums in vector
+// registers, each weight vector loaded once and used for R rows, each x
+// value broadcast once and used for V vectors. With 16 sums in flight the
+// FMAs overlap instead of waiting on one another.
+#pragma once
+#include <cstdint>
+#include <cstring>
+#include <unordered_map>
+#include <vector>
+
+#include "engine/ops/vec16.h"
+
+namespace st::cpu::rows {
+
+constexpr int kMaxInputs = 256;         // the widest x the callers accept
+constexpr int kRows = 4, kVectors = 4;  // a step's largest R and V
+
+inline int blocks(int64_t n) { return int((n + kLanes - 1) / kLanes); }
+
+// Which inputs a step sums over: spans [begin, end) of x's columns, which are also Wt's rows.
+struct Inputs {
+  static constexpr int kMax = kMaxInputs / 2;  // spans are separated by gaps, so at most half the inputs
+  int64_t begin[kMax], end[kMax];
+  int n = 0;
+  void add(int64_t b, int64_t e) {
+    if (n > 0 && end[n - 1] == b) end[n - 1] = e;  // adjacent spans: one
+    else begin[n] = b, end[n] = e, n++;
+  }
+};
+
+// Where a step's V vectors of output columns come from and go: vector v is
+// columns wt_col[v] .. + 16 of Wt, and its first `count[v]` values go to
+// columns y_col[v] .. of y.
+struct Columns {
+  int64_t wt_col[kVectors], y_col[kVectors];
+  int count[kVectors];
+};
+
+// Columns for V vectors of a dense output (n_out columns in all), starting at vector v0:
+// the same columns of Wt and of y.
+Columns dense_columns(int v0, int V, int64_t n_out);
+
+// The steps over rows begin .. end of x (stride ld_x) into y (stride ld_y), kRows at a time,
+// the last block smaller; init: V vectors (a bias, or zeros).
+void over_rows(int64_t begin, int64_t end, float* y, int64_t ld_y, const float* x, int64_t ld_x, const float* Wt,
+               int64_t ld_wt, const Inputs& in, const Columns& cols, int V, const Vec16* init, float scale);
+
+// Wt (cols, ld_wt) = rows first .. first + count of W (rows, cols), transposed.
+void transpose_rows(float* Wt, int64_t ld_wt, const float* W, int64_t cols, int64_t first, int64_t count);
+
+// Transposing a weight matrix took longer than comparing it with a copy,
+// so each caller keeps, per thread, the transposed copies it made, and
+// remakes one only when the weights' values have changed.
+struct TransposedCopy {
+  std::vector<float> source, Wt;  // W's values when Wt was made; Wt
+  int64_t rows = 0, ld_wt = 0;
+};
+using TransposedCopies = std::unordered_map<const float*, TransposedCopy>;  // by W
+
+// W (rows, cols) transposed by make(Wt) into a zero-filled (cols, ld_wt) buffer: the copy
+// from an earlier call while W holds the same values, else a new one.
+template <class Make>
+const float* transposed(TransposedCopies& copies, const float* W, int64_t rows, int64_t cols, int64_t ld_wt,
+                        const Make& make) {
+  if (copies.size() > 256) copies.clear();  // bounds what models made and dropped leave behind
+  TransposedCopy& c = copies[W];
+  const size_t n = size_t(rows * cols);
+  if (c.rows != rows || c.ld_wt != ld_wt || c.source.size() != n ||
+      std::memcmp(c.source.data(), W, n * sizeof(float)) != 0) {
+    c.source.assign(W, W + n);
+    c.Wt.assign(size_t(cols * ld_wt), 0.0f);
+    c.rows = rows, c.ld_wt = ld_wt;
+    make(c.Wt.data());
+  }
+  return c.Wt.data();
+}
+
+// W (rows, cols) transposed into (cols, 16 * blocks(rows)), zero-padded, cached as above.
+const float* transposed(TransposedCopies& copies, const float* W, int64_t rows, int64_t cols);
+
+}  // namespace st::cpu::rows
