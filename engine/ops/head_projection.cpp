@@ -42,6 +42,7 @@ void project_into_heads(float* y, const float* x, const float* W, const float* b
   // Wt (d_in, H kp): head h's rows of W transposed into columns h kp .., zero-padded to whole
   // vectors; bias_p: the bias, padded the same way.
   thread_local TransposedCopies copies;
+  forget_if_many(copies);
   const float* wt = transposed(copies, W, ld_y, d_in, ld_wt, [&](float* Wt) {
     for (int h = 0; h < H; h++) transpose_rows(Wt + h * kp, ld_wt, W, d_in, int64_t(h) * k, k);
   });
@@ -82,6 +83,7 @@ void project_out_of_heads(float* y, const float* x, const float* W, const float*
   const int64_t ld_wt = int64_t(DB) * kLanes;
   // Wt (H k, ld_wt): W transposed, zero-padded to whole vectors of outputs.
   thread_local TransposedCopies copies;
+  forget_if_many(copies);
   const float* wt = transposed(copies, W, d_out, d_in);
   std::vector<float> bias_p(size_t(ld_wt), 0.0f);
   std::copy_n(bias, d_out, bias_p.data());

@@ -65,12 +65,18 @@ struct TransposedCopy {
 };
 using TransposedCopies = std::unordered_map<const float*, TransposedCopy>;  // by W
 
+// Called at the start of a kernel, before it takes its copies: bounds what
+// models made and dropped leave behind (the copies a kernel holds pointers
+// to must not go while it runs).
+inline void forget_if_many(TransposedCopies& copies) {
+  if (copies.size() > 256) copies.clear();
+}
+
 // W (rows, cols) transposed by make(Wt) into a zero-filled (cols, ld_wt) buffer: the copy
 // from an earlier call while W holds the same values, else a new one.
 template <class Make>
 const float* transposed(TransposedCopies& copies, const float* W, int64_t rows, int64_t cols, int64_t ld_wt,
                         const Make& make) {
-  if (copies.size() > 256) copies.clear();  // bounds what models made and dropped leave behind
   TransposedCopy& c = copies[W];
   const size_t n = size_t(rows * cols);
   if (c.rows != rows || c.ld_wt != ld_wt || c.source.size() != n ||
