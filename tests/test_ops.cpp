@@ -349,6 +349,16 @@ std::vector<OpCase> op_cases() {
               for (size_t i = 0; i < 35; i++) y[i] = x[0][i / 7] * x[1][i % 7];
               return y;
             }});
+  add_case({"broadcast mask on the left (3,5,1) * (3,5,7)", {{{3, 5, 1}}, {{3, 5, 7}}},
+            [](auto& x) { return mul(x[0], x[1]); },
+            [](auto& x) {
+              Vec y(105);
+              for (size_t i = 0; i < 105; i++) y[i] = x[0][i / 7] * x[1][i];
+              return y;
+            }});
+  // one tensor on both sides: both partials go into the same gradient
+  add_case({"broadcast mul x * x", {{{4, 9}}}, [](auto& x) { return mul(x[0], x[0]); },
+            [](auto& x) { return map1(x[0], [](double v) { return v * v; }); }});
   add_case({"add_scalar", {{{4, 9}}}, [](auto& x) { return x[0] + 0.75f; },
             [](auto& x) { return map1(x[0], [](double v) { return v + 0.75; }); }});
   add_case({"mul_scalar", {{{4, 9}}}, [](auto& x) { return x[0] * -1.5f; },

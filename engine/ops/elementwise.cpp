@@ -66,11 +66,16 @@ void binary_forward(Binary op, float* out, const float* a, const float* b, const
   }
 }
 
-void binary_backward(Binary op, float* da, float* db, const float* dout, const float* a, const float* b,
-                     const Broadcast& g) {
-  int64_t inner = g.rank ? g.size[g.rank - 1] : 1;
-  int64_t sa = g.rank ? g.stride_a[g.rank - 1] : 0, sb = g.rank ? g.stride_b[g.rank - 1] : 0;
-  int64_t outer = g.numel() / (inner ? inner : 1);
+// The gradients of one op over the rows of a broadcast, with the same
+// stride patterns as the forward. A contiguous operand's gradient is a
+// vectorised loop; a single-value operand's is a sum, kept in the order the
+// elements come so that its value does not depend on the vector width.
+template <Binary Op>
+static void binary_backward_rows(float* da, float* db, const float* dout, const float* a, const float* b,
+                                 const Broadcast& g) {
+  const int64_t inner = g.rank ? g.size[g.rank - 1] : 1;
+  const int64_t sa = g.rank ? g.stride_a[g.rank - 1] : 0, sb = g.rank ? g.stride_b[g.rank - 1] : 0;
+  const int64_t outer = g.numel() / (inner ? inner : 1);
   // A broadcast operand receives sums from many output elements; those
   // writes would race, so such passes run on one thread.
   bool a_full = true, b_full = true;
@@ -83,13 +88,56 @@ void binary_backward(Binary op, float* da, float* db, const float* dout, const f
     int64_t off_a, off_b;
     outer_offsets(g, o, off_a, off_b);
     const float* gy = dout + o * inner;
-    for (int64_t i = 0; i < inner; i++) {
-      float ga = 0.0f, gb = 0.0f;
-      partials(op, a[off_a + i * sa], b[off_b + i * sb], gy[i], ga, gb);
-      if (da) da[off_a + i * sa] += ga;
-      if (db) db[off_b + i * sb] += gb;
+    const float *pa = a + off_a, *pb = b + off_b;
+    float *ga = da ? da + off_a : nullptr, *gb = db ? db + off_b : nullptr;
+    if (sa == 1 && sb == 1) {
+      if (ga) {
+#pragma omp simd
+        for (int64_t i = 0; i < inner; i++) ga[i] += partial_a(Op, pa[i], pb[i], gy[i]);
+      }
+      if (gb) {
+#pragma omp simd
+        for (int64_t i = 0; i < inner; i++) gb[i] += partial_b(Op, pa[i], pb[i], gy[i]);
+      }
+    } else if (sa == 1 && sb == 0) {
+      const float vb = pb[0];
+      if (ga) {
+#pragma omp simd
+        for (int64_t i = 0; i < inner; i++) ga[i] += partial_a(Op, pa[i], vb, gy[i]);
+      }
+      if (gb) {
+        float sum = gb[0];
+        for (int64_t i = 0; i < inner; i++) sum += partial_b(Op, pa[i], vb, gy[i]);
+        gb[0] = sum;
+      }
+    } else if (sa == 0 && sb == 1) {
+      const float va = pa[0];
+      if (gb) {
+#pragma omp simd
+        for (int64_t i = 0; i < inner; i++) gb[i] += partial_b(Op, va, pb[i], gy[i]);
+      }
+      if (ga) {
+        float sum = ga[0];
+        for (int64_t i = 0; i < inner; i++) sum += partial_a(Op, va, pb[i], gy[i]);
+        ga[0] = sum;
+      }
+    } else {
+      for (int64_t i = 0; i < inner; i++) {
+        if (ga) ga[i * sa] += partial_a(Op, pa[i * sa], pb[i * sb], gy[i]);
+        if (gb) gb[i * sb] += partial_b(Op, pa[i * sa], pb[i * sb], gy[i]);
+      }
     }
   });
+}
+
+void binary_backward(Binary op, float* da, float* db, const float* dout, const float* a, const float* b,
+                     const Broadcast& g) {
+  switch (op) {
+    case Binary::Add: return binary_backward_rows<Binary::Add>(da, db, dout, a, b, g);
+    case Binary::Sub: return binary_backward_rows<Binary::Sub>(da, db, dout, a, b, g);
+    case Binary::Mul: return binary_backward_rows<Binary::Mul>(da, db, dout, a, b, g);
+    case Binary::Div: return binary_backward_rows<Binary::Div>(da, db, dout, a, b, g);
+  }
 }
 
 void scale_shift_forward(float* out, const float* x, float scale, float shift, int64_t n) {

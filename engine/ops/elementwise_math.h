@@ -29,6 +29,17 @@ ST_HOST_DEVICE inline void partials(Binary op, float a, float b, float g, float&
     case Binary::Div: ga = g / b, gb = -g * a / (b * b); break;
   }
 }
+// Each partial on its own, for loops that compute only one of them.
+ST_HOST_DEVICE inline float partial_a(Binary op, float a, float b, float g) {
+  float ga = 0.0f, gb = 0.0f;
+  partials(op, a, b, g, ga, gb);
+  return ga;
+}
+ST_HOST_DEVICE inline float partial_b(Binary op, float a, float b, float g) {
+  float ga = 0.0f, gb = 0.0f;
+  partials(op, a, b, g, ga, gb);
+  return gb;
+}
 
 // expf and erff are the functions vector_math.h declares vectorisable on the CPU.
 ST_HOST_DEVICE inline float sigmoid_of(float x) { return 1.0f / (1.0f + expf(-x)); }
