@@ -18,6 +18,9 @@
 // the gathers, segment means and per-head projections are kernels with a
 // CPU and a CUDA version (engine/ops/packed_rows.cpp), and each trimmer's
 // keep decisions are read back to the host, where the kept rows are listed.
+// One step differs by device: on the CPU a small model projects into and
+// out of the kept heads row by row (engine/ops/head_projection.h) instead
+// of one GEMM per head over gathered rows.
 #pragma once
 #include <string>
 #include <vector>
