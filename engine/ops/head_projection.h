@@ -7,8 +7,8 @@
 // small model those GEMMs are 16 columns wide and a few hundred rows long,
 // and packing their operands, gathering and scattering took longer than the
 // products. These kernels read the rows where they are and write the
-// results where they go, four rows at a time in vector registers,
-// the weights transposed once per call.
+// results where they go, four rows at a time in vector registers, the
+// weights transposed and kept (per thread) while their values stay the same.
 //
 // Segments: example b owns rows at[b] .. at[b+1]; keep (B, H) is 0/1, on
 // the host. Head h is columns h*k .. (h+1)*k of an (R, H*k) tensor.

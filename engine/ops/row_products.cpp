@@ -56,8 +56,9 @@ StepKernel step_kernel(int64_t R, int V) {
   return by_size[R - 1][V - 1];
 }
 
-// The step over rows begin .. end, kRows at a time, the last block smaller.
 }  // namespace
+
+// The steps over rows begin .. end, kRows at a time, the last block smaller.
 
 void over_rows(int64_t begin, int64_t end, float* y, int64_t ld_y, const float* x, int64_t ld_x, const float* Wt,
                int64_t ld_wt, const Inputs& in, const Columns& cols, int V, const Vec16* init, float scale) {

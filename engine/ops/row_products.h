@@ -1,7 +1,7 @@
 // Rows of a small matrix times a small weight matrix, straight from and
 // into the rows where they live, on the CPU: the inner step of the
 // kernels that replace tiny GEMMs in the packed inference path of a small
-// model (head_projection.cpp, token_logits.cpp).
+// model (head_projection.cpp).
 //
 // y[r, cols] = (init + x[r, inputs] . Wt[inputs, cols]) * scale, with Wt the
 // weights transposed (inputs, outputs) so that a row of it is contiguous
