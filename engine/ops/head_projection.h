@@ -19,7 +19,7 @@ namespace st::cpu {
 
 // Whether the kernels below handle these sizes: k <= 32 columns per head,
 // d_in <= 256 inputs into the heads and d_out <= 128 outputs out of them;
-// larger models keep the per-head GEMMs, which are faster there.
+// larger models keep the per-head GEMMs (the two were not compared there).
 bool head_projection_fits(int64_t d_in, int64_t k, int64_t d_out);
 
 // Into the heads (Q, K, V): for each example b and each head h it keeps,
