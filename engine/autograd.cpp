@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "engine/kernels.h"
+#include "engine/parallel.h"
 
 namespace st {
 namespace {
@@ -75,12 +76,17 @@ Tensor& LeafGradients::part_of(const Tensor& leaf) {
   return parts_[it->second].second;
 }
 
+// Each part goes to a different leaf, so on the CPU the parts are shared out among the threads.
 void LeafGradients::add_to_leaves() {
-  for (auto& [leaf, part] : parts_) {
+  int64_t elements = 0;
+  bool on_cpu = true;
+  for (const auto& [leaf, part] : parts_) elements += part.numel(), on_cpu = on_cpu && part.device() == Device::CPU;
+  parallel_jobs(int64_t(parts_.size()), on_cpu && use_threads(elements, 1 << 16), [&](int64_t i) {
+    auto& [leaf, part] = parts_[size_t(i)];
     Tensor& g = leaf.impl()->grad;
     if (!g.defined()) g = part;
     else ST_KERNEL(g.device(), scale_backward)(g.data(), part.data(), 1.0f, g.numel());  // g += part
-  }
+  });
   parts_.clear();
   index_.clear();
 }

@@ -1,6 +1,7 @@
 #include "engine/optim.h"
 
 #include <cmath>
+#include <vector>
 
 #include "engine/error.h"
 #include "engine/kernels.h"
@@ -34,24 +35,41 @@ AdamW::AdamW(std::vector<ParamGroup> groups, AdamWConfig config) : groups_(std::
     }
 }
 
-// One step of every parameter that has a gradient (cpu::adamw_update).
+// One step of every parameter that has a gradient (cpu::adamw_update). Most
+// of METER's parameters are too small to split, so on the CPU the tensors
+// themselves are shared out among the threads; each element's update is the
+// same whichever thread makes it.
 void AdamW::step(float lr_scale) {
   step_++;
   const float b1 = config_.beta1, b2 = config_.beta2;
   const float c1 = 1.0f - std::pow(b1, float(step_)), c2 = 1.0f - std::pow(b2, float(step_));
+  struct Update {
+    Tensor* p;
+    float* m;
+    float* v;
+    float lr, decay;
+  };
+  std::vector<Update> updates;
+  int64_t elements = 0;
+  bool on_cpu = true;
   size_t slot = 0;
   for (ParamGroup& g : groups_) {
     const float lr = g.lr * lr_scale, decay = 1.0f - lr * g.weight_decay;
     for (Tensor& p : g.params) {
-      Tensor grad = p.grad();
       float* m = m_[slot].data();
       float* v = v_[slot].data();
       slot++;
-      if (!grad.defined()) continue;
-      ST_KERNEL(p.device(), adamw_update)(p.data(), m, v, grad.data(), p.numel(), lr, decay, b1, b2, c1, c2,
-                                          config_.eps);
+      if (!p.grad().defined()) continue;
+      updates.push_back({&p, m, v, lr, decay});
+      elements += p.numel();
+      on_cpu = on_cpu && p.device() == Device::CPU;
     }
   }
+  parallel_jobs(int64_t(updates.size()), on_cpu && use_threads(elements, 1 << 16), [&](int64_t i) {
+    const Update& u = updates[size_t(i)];
+    ST_KERNEL(u.p->device(), adamw_update)(u.p->data(), u.m, u.v, u.p->grad().data(), u.p->numel(), u.lr, u.decay,
+                                           b1, b2, c1, c2, config_.eps);
+  });
 }
 
 void AdamW::move_to(Device device) {
@@ -72,30 +90,62 @@ std::vector<ParamGroup> decay_groups(const std::vector<std::pair<std::string, Te
   return {decayed, plain};
 }
 
+namespace {
+// sum of d[i]^2 in double, in eight interleaved partial sums (so the loop
+// vectorises; the order is fixed, so the result is too)
+double sum_of_squares(const float* d, int64_t n) {
+  double part[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; j++) part[j] += double(d[i + j]) * d[i + j];
+  double sq = 0;
+  for (; i < n; i++) sq += double(d[i]) * d[i];
+  for (double p : part) sq += p;
+  return sq;
+}
+}  // namespace
+
+// The gradients' global L2 norm; where it is above max_norm, every gradient
+// is scaled by max_norm / norm. On the CPU each tensor's sum of squares is
+// taken on some thread and the sums are added in parameter order, so the
+// norm does not depend on the number of threads.
 float clip_grad_norm(const std::vector<Tensor>& params, float max_norm) {
+  std::vector<Tensor> grads;
+  int64_t elements = 0;
+  bool on_cpu = true;
+  for (const Tensor& p : params)
+    if (Tensor g = p.grad(); g.defined()) {
+      grads.push_back(g);
+      elements += g.numel();
+      on_cpu = on_cpu && g.device() == Device::CPU;
+    }
+  const int64_t n = int64_t(grads.size());
+  const bool threads = on_cpu && use_threads(elements, 1 << 16);
+  std::vector<double> squares(grads.size(), 0.0);
+  parallel_jobs(n, threads, [&](int64_t i) {
+    const Tensor& g = grads[size_t(i)];
+    if (g.device() == Device::CPU) squares[size_t(i)] = sum_of_squares(g.data(), g.numel());
+  });
   double sq = 0.0;
   Tensor device_sq;  // GPU gradients: their squares summed on the GPU, read back once
-  for (const Tensor& p : params) {
-    Tensor g = p.grad();
-    if (!g.defined()) continue;
-    if (g.device() != Device::CPU) {
-      NoGrad no_grad;
-      Tensor s = sum_all(g * g);
-      device_sq = device_sq.defined() ? device_sq + s : s;
+  for (int64_t i = 0; i < n; i++) {
+    const Tensor& g = grads[size_t(i)];
+    if (g.device() == Device::CPU) {
+      sq += squares[size_t(i)];
       continue;
     }
-    const float* d = g.data();
-    for (int64_t i = 0, n = g.numel(); i < n; i++) sq += double(d[i]) * d[i];
+    NoGrad no_grad;
+    Tensor s = sum_all(g * g);
+    device_sq = device_sq.defined() ? device_sq + s : s;
   }
   if (device_sq.defined()) sq += double(device_sq.item());
-  float norm = float(std::sqrt(sq));
+  const float norm = float(std::sqrt(sq));
   if (norm > max_norm && norm > 0.0f) {
-    float scale = max_norm / (norm + 1e-6f);
-    for (const Tensor& p : params) {
-      Tensor g = p.grad();
-      if (!g.defined()) continue;
+    const float scale = max_norm / (norm + 1e-6f);
+    parallel_jobs(n, threads, [&](int64_t i) {
+      Tensor& g = grads[size_t(i)];
       ST_KERNEL(g.device(), scale_shift_forward)(g.data(), g.data(), scale, 0.0f, g.numel());  // in place
-    }
+    });
   }
   return norm;
 }

@@ -2,7 +2,10 @@
 // the optimizer.
 #include <doctest/doctest.h>
 
+#include <omp.h>
+
 #include <cmath>
+#include <vector>
 
 #include "engine/memory.h"
 #include "engine/ops.h"
@@ -259,6 +262,76 @@ TEST_CASE("optim: decay groups, clipping and schedules") {
   CHECK(lr_schedule(60, 10, 110, Decay::Cosine) == doctest::Approx(0.5f));
   CHECK(lr_schedule(35, 10, 110, Decay::Cosine) == doctest::Approx(0.5 * (1 + std::cos(M_PI * 0.25))));
   CHECK(lr_schedule(500, 10, 110, Decay::Constant) == 1.0f);
+}
+
+// Parameters of odd sizes, one above the threading threshold, with random gradients.
+std::vector<Tensor> parameters_with_gradients(uint64_t seed) {
+  Rng rng(seed);
+  std::vector<Tensor> ps;
+  for (int64_t n : {70001, 3, 129, 1, 4099}) {
+    Tensor p = parameter({n}, rng, 1.0f);
+    backward(sum_all(p * Tensor::randn({n}, rng)));  // grad: the random tensor
+    ps.push_back(p);
+  }
+  return ps;
+}
+
+std::vector<std::vector<float>> values_and_gradients(const std::vector<Tensor>& ps) {
+  std::vector<std::vector<float>> out;
+  for (const Tensor& p : ps) out.push_back(p.to_vector()), out.push_back(p.grad().to_vector());
+  return out;
+}
+
+TEST_CASE("optim: clipping and AdamW give the same bits on one thread and on several") {
+  const int saved = omp_get_max_threads();
+  std::vector<std::vector<float>> results[2];
+  float norms[2] = {};
+  for (int threads : {1, 2}) {
+    omp_set_num_threads(threads);
+    std::vector<Tensor> ps = parameters_with_gradients(11);
+    double sq = 0;  // the norm in double, element by element
+    for (const Tensor& p : ps)
+      for (float g : p.grad().to_vector()) sq += double(g) * g;
+    const float norm = clip_grad_norm(ps, 1.0f);
+    CHECK(norm == doctest::Approx(std::sqrt(sq)).epsilon(1e-6));
+    double clipped = 0;
+    for (const Tensor& p : ps)
+      for (float g : p.grad().to_vector()) clipped += double(g) * g;
+    CHECK(std::sqrt(clipped) == doctest::Approx(1.0).epsilon(1e-5));
+    AdamW opt({{"all", ps, 1e-2f, 0.1f}}, {0.9f, 0.98f, 1e-8f});
+    opt.step();
+    opt.step();
+    norms[threads - 1] = norm;
+    results[threads - 1] = values_and_gradients(ps);
+  }
+  omp_set_num_threads(saved);
+  CHECK(norms[0] == norms[1]);
+  CHECK(results[0] == results[1]);
+}
+
+TEST_CASE("autograd: leaf gradients kept apart add up to the same bits on one thread and on several") {
+  const int saved = omp_get_max_threads();
+  std::vector<std::vector<float>> results[2];
+  for (int threads : {1, 2}) {
+    omp_set_num_threads(threads);
+    std::vector<Tensor> ps = parameters_with_gradients(12);  // each leaf holds a gradient already
+    Rng rng(13);
+    LeafGradients parts;
+    {
+      LeafGradientScope into(parts);
+      Tensor total = sum_all(ps[0] * Tensor::randn({ps[0].numel()}, rng));
+      for (size_t i = 1; i < ps.size(); i++) total = total + sum_all(ps[i] * ps[i]);
+      backward(total);
+    }
+    CHECK(parts.size() == ps.size());
+    const std::vector<float> before = ps[2].grad().to_vector(), value = ps[2].to_vector();
+    parts.add_to_leaves();
+    const std::vector<float> after = ps[2].grad().to_vector();
+    for (size_t i = 0; i < after.size(); i++) CHECK(after[i] == before[i] + 2 * value[i]);  // g += d(p^2)/dp
+    results[threads - 1] = values_and_gradients(ps);
+  }
+  omp_set_num_threads(saved);
+  CHECK(results[0] == results[1]);
 }
 
 TEST_CASE("tensor: slice_batch copies examples [begin, end) of the first dimension") {
