@@ -59,8 +59,10 @@ Tensor ClipVit::embed(const Tensor& patch_tokens) const {
   return ln_pre.forward(x);
 }
 
-Tensor ClipVit::forward(const Tensor& image, const Context& ctx) const {
-  Tensor x = embed(patches(image));
+Tensor ClipVit::forward(const Tensor& image, const Context& ctx) const { return encode(embed(patches(image)), ctx); }
+
+Tensor ClipVit::encode(const Tensor& tokens, const Context& ctx) const {
+  Tensor x = tokens;
   for (const ViTBlock& b : blocks) x = b.forward(x, Tensor(), ctx);
   return ln_post.forward(x);
 }

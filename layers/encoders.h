@@ -29,6 +29,7 @@ struct ClipVit {
   Tensor forward(const Tensor& image, const Context& ctx) const;
   Tensor patches(const Tensor& image) const;     // (B, G*G, W): the patch embedding alone
   Tensor embed(const Tensor& patches) const;     // -> (B, 1 + G*G, W): class token, positions, ln_pre
+  Tensor encode(const Tensor& tokens, const Context& ctx) const;  // embed's output -> blocks, ln_post
   void name(NamedParams& p, const std::string& prefix);
 };
 

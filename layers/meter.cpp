@@ -106,8 +106,15 @@ Tensor Meter::encode_text(const Tensor& ids, const Tensor& mask, const Context& 
   return text_transform_.forward(text_.forward(ids, mask, ctx));
 }
 
-Tensor Meter::encode_image(const Tensor& image, const Context& ctx) const {
-  return image_transform_.forward(vit_.forward(image, ctx));
+Meter::ImageTokens Meter::image_tokens(const Tensor& image) const {
+  ImageTokens t;
+  t.patches = vit_.patches(image);
+  t.tokens = vit_.embed(t.patches);
+  return t;
+}
+
+Tensor Meter::encode_image(const ImageTokens& image, const Context& ctx) const {
+  return image_transform_.forward(vit_.encode(image.tokens, ctx));
 }
 
 MeterFeatures Meter::fuse(const Tensor& text, const Tensor& text_mask, const Tensor& image, int image_type,
@@ -133,6 +140,11 @@ MeterFeatures Meter::fuse(const Tensor& text, const Tensor& text_mask, const Ten
 }
 
 MeterFeatures Meter::forward(const Tensor& ids, const Tensor& mask, const Tensor& image, const Context& ctx,
+                             int image_type, const TrimOptions* trim) const {
+  return forward(ids, mask, image_tokens(image), ctx, image_type, trim);
+}
+
+MeterFeatures Meter::forward(const Tensor& ids, const Tensor& mask, const ImageTokens& image, const Context& ctx,
                              int image_type, const TrimOptions* trim) const {
   if (config_.trim.enabled && trim && trim->active) return forward_trimmed(ids, mask, image, ctx, image_type, *trim);
   return fuse(encode_text(ids, mask, ctx), mask, encode_image(image, ctx), image_type, ctx);

@@ -80,9 +80,19 @@ class Meter {
     config_.vit_image_size = size;
   }
 
+  // An image's tokens at the ViT's input. No trimmer and no dropout acts
+  // before them, so the student and teacher passes of a SmartTrim training
+  // step compute them once and share them (their gradients then add up
+  // before the patch embedding's backward, which runs once).
+  struct ImageTokens {
+    Tensor patches;  // (B, G*G, W): the patch embedding alone
+    Tensor tokens;   // (B, 1 + G*G, W): class token, positions, ln_pre
+  };
+  ImageTokens image_tokens(const Tensor& image) const;  // image (B, 3, S, S)
+
   // The uni-modal encoders and the bridge (without the token types).
   Tensor encode_text(const Tensor& ids, const Tensor& mask, const Context& ctx) const;  // -> (B, T, d)
-  Tensor encode_image(const Tensor& image, const Context& ctx) const;                  // -> (B, N, d)
+  Tensor encode_image(const ImageTokens& image, const Context& ctx) const;             // -> (B, N, d)
   // Token types, co-attention layers and poolers. text (B, T, d) with mask (B, T); image (B, N, d).
   MeterFeatures fuse(const Tensor& text, const Tensor& text_mask, const Tensor& image, int image_type,
                      const Context& ctx) const;
@@ -90,6 +100,8 @@ class Meter {
   // config that has trimmers and trim->active, the masked SmartTrim pass
   // (pruning/masked_forward.cpp); otherwise plain METER.
   MeterFeatures forward(const Tensor& ids, const Tensor& mask, const Tensor& image, const Context& ctx,
+                        int image_type = 1, const TrimOptions* trim = nullptr) const;
+  MeterFeatures forward(const Tensor& ids, const Tensor& mask, const ImageTokens& image, const Context& ctx,
                         int image_type = 1, const TrimOptions* trim = nullptr) const;
 
   // Heads: cls (B, 2d) -> logits. Each throws ArgumentError when the config has no such head.
@@ -117,7 +129,7 @@ class Meter {
   void save(const std::string& path) const;
 
  private:
-  MeterFeatures forward_trimmed(const Tensor& ids, const Tensor& mask, const Tensor& image, const Context& ctx,
+  MeterFeatures forward_trimmed(const Tensor& ids, const Tensor& mask, const ImageTokens& image, const Context& ctx,
                                 int image_type, const TrimOptions& trim) const;
   friend class PackedMeter;  // the inference path reads the same weights
 

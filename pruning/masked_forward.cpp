@@ -25,8 +25,8 @@ Tensor carry(const Tensor& keep, const Tensor& updated, const Tensor& x) {
 
 }  // namespace
 
-MeterFeatures Meter::forward_trimmed(const Tensor& ids, const Tensor& mask, const Tensor& image, const Context& ctx,
-                                     int image_type, const TrimOptions& opt) const {
+MeterFeatures Meter::forward_trimmed(const Tensor& ids, const Tensor& mask, const ImageTokens& image,
+                                     const Context& ctx, int image_type, const TrimOptions& opt) const {
   const TrimConfig& tc = config_.trim;
   const MeterConfig& c = config_;
   if (ids.rank() != 2 || mask.shape() != ids.shape())
@@ -40,7 +40,7 @@ MeterFeatures Meter::forward_trimmed(const Tensor& ids, const Tensor& mask, cons
   };
 
   // --- text encoder; its trimmers read the image's mean patch embedding
-  Tensor patches = vit_.patches(image);  // (B, G*G, W)
+  const Tensor& patches = image.patches;  // (B, G*G, W)
   Tensor t = text_.embed(ids, ctx);      // (B, T, Tw)
   Tensor keep_t = mask;                  // padding is dropped from the start
   Tensor image_summary;  // (B, W)
@@ -59,7 +59,7 @@ MeterFeatures Meter::forward_trimmed(const Tensor& ids, const Tensor& mask, cons
   Tensor text_first = first_token(t);  // (B, Tw): the ViT trimmers' cross-modal summary
 
   // --- image encoder
-  Tensor v = vit_.embed(patches);  // (B, N, W)
+  Tensor v = image.tokens;  // (B, N, W)
   Tensor keep_v = Tensor::ones({v.dim(0), v.dim(1)}, v.device());
   for (int l = 0; l < c.vit_layers; l++) {
     if (int s = TrimConfig::site(tc.vit_token_layers, l); s >= 0) {

@@ -323,12 +323,15 @@ StepLog SmartTrimTrainer::step(const TrainBatch& batch_anywhere) {
     student_trim.noise = options_.noise_free_fraction > 0 && noise_free ? nullptr : &rng;
     TrimOptions teacher_trim;
     teacher_trim.active = false;
+    // The student and the teacher start from the same image tokens (Meter::ImageTokens).
+    const Meter::ImageTokens image = model.image_tokens(s.batch.image);
+    const Meter::ImageTokens image2 = task == Task::NLVR2 ? model.image_tokens(s.batch.image2) : Meter::ImageTokens{};
     // logits of one model run (both images for NLVR2); counts collects each pass's kept counts
     auto run = [&](const TrimOptions& trim, std::vector<PassCounts<Tensor>>& counts) {
-      MeterFeatures first = model.forward(s.batch.ids, s.batch.mask, s.batch.image, ctx, 1, &trim);
+      MeterFeatures first = model.forward(s.batch.ids, s.batch.mask, image, ctx, 1, &trim);
       counts.push_back(first.counts);
       if (task != Task::NLVR2) return head_logits(model, task, first.cls);
-      MeterFeatures second = model.forward(s.batch.ids, s.batch.mask, s.batch.image2, ctx, 2, &trim);
+      MeterFeatures second = model.forward(s.batch.ids, s.batch.mask, image2, ctx, 2, &trim);
       counts.push_back(second.counts);
       return model.nlvr2_logits(first.cls, second.cls);
     };

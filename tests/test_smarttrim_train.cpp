@@ -493,6 +493,48 @@ TEST_CASE("smarttrim train: SNLI and NLVR2 steps (softmax heads, NLVR2's two pas
 
 // --- a batch split into shards
 
+TEST_CASE("smarttrim train: student and teacher from shared image tokens get the gradients of separate passes") {
+  st::MeterConfig c = tiny_trim();
+  c.dropout = 0;
+  st::Meter model(c, 3);
+  const st::TrainBatch b = batch_at(c, st::Task::VQA, 5, 4, 0);
+  const st::Context eval{false, nullptr};
+  st::TrimOptions student, teacher;
+  teacher.active = false;
+  st::Rng rng(9);
+  const Tensor weights = Tensor::randn({5, int64_t(c.vqa_answers)}, rng);
+  auto loss = [&](const st::MeterFeatures& f) { return st::sum_all(model.vqa_logits(f.cls) * weights); };
+  auto gradients = [&](const Tensor& total) {
+    st::backward(total);
+    std::vector<std::vector<float>> g;
+    for (const auto& [name, t] : model.params().list) {
+      g.push_back(t->grad().defined() ? t->grad().to_vector() : std::vector<float>(size_t(t->numel()), 0.0f));
+      t->zero_grad();
+    }
+    return g;
+  };
+  const Tensor apart = loss(model.forward(b.ids, b.mask, b.image, eval, 1, &student)) +
+                       loss(model.forward(b.ids, b.mask, b.image, eval, 1, &teacher));
+  const float apart_value = apart.item();
+  const auto apart_grads = gradients(apart);
+  const st::Meter::ImageTokens tokens = model.image_tokens(b.image);
+  const Tensor shared = loss(model.forward(b.ids, b.mask, tokens, eval, 1, &student)) +
+                        loss(model.forward(b.ids, b.mask, tokens, eval, 1, &teacher));
+  CHECK(shared.item() == apart_value);  // the same forward values
+  const auto shared_grads = gradients(shared);
+  size_t p = 0;
+  for (const auto& [name, t] : model.params().list) {
+    CAPTURE(name);
+    float scale = 0, worst = 0;
+    for (size_t i = 0; i < apart_grads[p].size(); i++) {
+      scale = std::max(scale, std::fabs(apart_grads[p][i]));
+      worst = std::max(worst, std::fabs(apart_grads[p][i] - shared_grads[p][i]));
+    }
+    CHECK(worst <= 1e-5f * scale + 1e-7f);  // only the order of the patch embedding's sums differs
+    p++;
+  }
+}
+
 TEST_CASE("smarttrim train: a batch split into shards takes the step of the whole batch") {
   st::MeterConfig with_trimmers = tiny_trim(), without = tiny_trim();
   with_trimmers.dropout = without.dropout = 0;  // the shards draw their noise apart: the test draws none
