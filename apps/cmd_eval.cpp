@@ -231,7 +231,11 @@ int eval_command(int argc, char** argv) {
   data::Loader loader(source, *in.tokenizer, lo);
 
   std::vector<double> gflops, ratio, scores;
-  std::map<std::string, std::pair<double, int64_t>> by_category;  // sum of scores, count
+  struct CategorySums {
+    double score = 0, flops_ratio = 0;
+    int64_t count = 0;
+  };
+  std::map<std::string, CategorySums> by_category;  // question type -> sums over its examples
   double model_seconds = 0;
   int64_t timed_examples = 0;
   std::vector<double> latency_ms;
@@ -250,10 +254,10 @@ int eval_command(int argc, char** argv) {
       const int64_t predicted = std::max_element(z, z + classes) - z;
       const double s = set.score(i, predicted, answers);
       scores.push_back(s);
-      auto& cat = by_category[set.category(i)];
-      cat.first += s, cat.second++;
       gflops.push_back(out.flops[r] / 1e9);
       ratio.push_back(flops_ratio(out, b, int64_t(r), config, set.task));
+      CategorySums& cat = by_category[set.category(i)];
+      cat.score += s, cat.flops_ratio += ratio.back(), cat.count++;
     }
     // batch-1 latency: the first examples again, one at a time
     for (int64_t r = 0; r < int64_t(lb->indices.size()) && int64_t(latency_ms.size()) < latency_examples; r++) {
@@ -297,10 +301,17 @@ int eval_command(int argc, char** argv) {
     j["calibration_split"] = args.text("calibration-split");
     j["calibration_ratio"] = calibration->ratio;
   }
-  nlohmann::ordered_json per_type = nlohmann::ordered_json::object();
-  for (const auto& [name, sum_count] : by_category)
-    if (!name.empty()) per_type[name] = sum_count.first / double(sum_count.second);
+  // Per question type: does the cost follow what the question needs?
+  nlohmann::ordered_json per_type = nlohmann::ordered_json::object(), ratio_per_type = per_type, count_per_type = per_type;
+  for (const auto& [name, sums] : by_category)
+    if (!name.empty()) {
+      per_type[name] = sums.score / double(sums.count);
+      ratio_per_type[name] = sums.flops_ratio / double(sums.count);
+      count_per_type[name] = sums.count;
+    }
   j["accuracy_by_type"] = per_type;
+  j["flops_ratio_by_type"] = ratio_per_type;
+  j["examples_by_type"] = count_per_type;
   j["gflops"] = gflops;
   j["flops_ratio"] = ratio;
 
@@ -309,7 +320,9 @@ int eval_command(int argc, char** argv) {
   if (loader.skipped() > 0) std::printf(" (%lld skipped: unreadable images)", (long long)loader.skipped());
   std::printf("\n  accuracy %.2f%%\n  GFLOPs per example %.4f (FLOPs ratio %.3f +- %.3f)\n", 100 * mean(scores),
               mean(gflops), ratio_mean, std::sqrt(ratio_var));
-  for (const auto& [name, v] : per_type.items()) std::printf("    %-12s %.2f%%\n", name.c_str(), 100 * v.get<double>());
+  for (const auto& [name, v] : per_type.items())
+    std::printf("    %-12s %.2f%% at FLOPs ratio %.3f\n", name.c_str(), 100 * v.get<double>(),
+                ratio_per_type[name].get<double>());
   std::printf("  latency at batch 1: %.2f ms (median of %zu)\n", median(latency_ms), latency_ms.size());
   if (model_seconds > 0)
     std::printf("  throughput at batch %d: %.1f examples/s\n", lo.batch_size, double(timed_examples) / model_seconds);

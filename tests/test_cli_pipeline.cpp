@@ -115,6 +115,18 @@ TEST_CASE("cli pipeline: eval writes the promised JSON keys; per-example costs a
   CHECK(j["gflops_mean"].get<double>() == doctest::Approx(sum / double(n)));
   CHECK(j["accuracy"].get<double>() >= 0);
   CHECK(j["accuracy"].get<double>() <= 1);
+  // the per-type means, weighted by their counts, give the overall ones
+  int64_t typed = 0;
+  double accuracy_sum = 0, ratio_sum = 0;
+  for (const auto& [type, count] : j["examples_by_type"].items()) {
+    typed += count.get<int64_t>();
+    accuracy_sum += count.get<double>() * j["accuracy_by_type"][type].get<double>();
+    ratio_sum += count.get<double>() * j["flops_ratio_by_type"][type].get<double>();
+  }
+  CHECK(j["examples_by_type"].size() >= 2);
+  CHECK(typed == n);
+  CHECK(accuracy_sum / double(n) == doctest::Approx(j["accuracy"].get<double>()));
+  CHECK(ratio_sum / double(n) == doctest::Approx(j["flops_ratio_mean"].get<double>()));
 
   // at full capacity the ratio is 1 for every example; the top-k baseline keeps less
   CommandResult f = eval_trimmed(p, "--full --json " + json + " --latency-examples 1");

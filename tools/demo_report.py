@@ -93,12 +93,15 @@ def report(out, elapsed):
               "Speed-ups come from `smarttrim bench`: the same trimmed model with its trimmers on and off, "
               "on the same 32 test examples, timed side by side (medians). Latency and throughput columns "
               "come from `smarttrim eval` runs, one after another, so compare those across rows with care.",
-              "", "## Accuracy by question type", "",
+              "", "## Accuracy and FLOPs ratio by question type", "",
+              "Each cell: accuracy, then the mean FLOPs ratio of that type's questions "
+              "(with cross-modal guidance the trimmers can spend more on questions that need more).", "",
               "| model | " + " | ".join(sorted(full["accuracy_by_type"])) + " |",
               "|---|" + "---|" * len(full["accuracy_by_type"])]
     for name, r in runs.items():
         lines.append("| %s | " % r["label"] + " | ".join(
-            "%.1f%%" % (100 * r["accuracy_by_type"].get(k, 0)) for k in sorted(full["accuracy_by_type"])) + " |")
+            "%.1f%% @ %.2f" % (100 * r["accuracy_by_type"].get(k, 0), r["flops_ratio_by_type"].get(k, 0))
+            for k in sorted(full["accuracy_by_type"])) + " |")
     lines += ["", "## Threshold sweep and the fixed-ratio baseline", "",
               "The target-0.5 model at other token thresholds theta (keep a token iff its logit > theta), "
               "and the same trimmers used as a fixed-ratio top-k pruner (every example keeps the same share "
@@ -118,7 +121,7 @@ def report(out, elapsed):
 
     def brief(r):
         keys = ["label", "accuracy", "gflops_mean", "flops_ratio_mean", "flops_ratio_std", "examples",
-                "latency_ms_batch1", "throughput_batch32", "accuracy_by_type"]
+                "latency_ms_batch1", "throughput_batch32", "accuracy_by_type", "flops_ratio_by_type"]
         return {k: r[k] for k in keys}
 
     summary = {"elapsed_seconds": elapsed, "models": {k: brief(v) for k, v in runs.items()},
