@@ -22,7 +22,10 @@ void rows_times_columns(float* y, int64_t ld_y, const float* x, int64_t ld_x, co
         w[v] = load16(Wt + j * ld_wt + cols.wt_col[v]);
         // Keeps w[v] in a register: otherwise GCC folds the load into each
         // of the R multiply-adds, and R times the loads outrun the FMAs.
+        // Only a build for AVX-512 has a register that holds 16 floats.
+#if defined(__AVX512F__)
         asm("" : "+v"(w[v]));
+#endif
       }
       for (int i = 0; i < R; i++) {
         const float xi = x[i * ld_x + j];
