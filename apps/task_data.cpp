@@ -49,7 +49,7 @@ void add_data_options(cli::Args& args, const std::string& default_split) {
   args.option("jsonl", "FILE", "NLVR2 or SNLI-VE JSON Lines (instead of --data)");
   args.option("images", "DIR", "the image folder (instead of --data)");
   args.option("batch", "N", "examples per batch", "32");
-  args.option("max-text-len", "N", "text tokens per example, specials included", "32");
+  args.option("max-text-len", "N", "texts are cut to N tokens, specials included (a batch is as wide as its longest)", "32");
   args.option("workers", "N", "image decoding threads", "1");
   args.epilog(
       "data layout of --data DIR --split S:\n"
@@ -179,6 +179,9 @@ data::LoaderOptions loader_options(const MeterConfig& config, const cli::Args& a
   data::LoaderOptions o;
   o.batch_size = int(args.integer("batch"));
   o.max_text_len = int(args.integer("max-text-len"));
+  // A batch is as wide as its longest text: short questions (the demo's are
+  // about 8 tokens) would otherwise run the text stream over 32 positions.
+  o.padding = data::Padding::Longest;
   o.workers = int(args.integer("workers"));
   o.image_size = config.vit_image_size;
   if (o.batch_size < 1) args.fail("--batch must be at least 1");

@@ -491,8 +491,6 @@ TEST_CASE("smarttrim train: SNLI and NLVR2 steps (softmax heads, NLVR2's two pas
   CHECK(std::isfinite(t2.step(batch_at(c, st::Task::VQA, 2, 9, 0)).loss));
 }
 
-// --- a batch split into shards
-
 TEST_CASE("smarttrim train: student and teacher from shared image tokens get the gradients of separate passes") {
   st::MeterConfig c = tiny_trim();
   c.dropout = 0;
@@ -535,6 +533,46 @@ TEST_CASE("smarttrim train: student and teacher from shared image tokens get the
   }
 }
 
+// --- steps that must not depend on how a batch is split or padded
+
+// Trainers made by make_a and make_b (lr -> trainer, from the same seeds)
+// stepping on batch_a and batch_b must take the same step: with lr 0 the
+// same losses and gradient norms; with a real lr the parameters move alike.
+// AdamW's first step is about lr sign(g), so a gradient that rounds
+// differently near 0 moves its parameter by a little less than lr; the
+// tolerance allows 2% of lr.
+template <class MakeA, class MakeB>
+void check_same_steps(const MakeA& make_a, const MakeB& make_b, const st::TrainBatch& batch_a,
+                      const st::TrainBatch& batch_b, bool trimming) {
+  {
+    st::SmartTrimTrainer one = make_a(0.0f), two = make_b(0.0f);
+    for (int step = 0; step < 2; step++) {
+      const st::StepLog a = one.step(batch_a), b = two.step(batch_b);
+      INFO(a.line() << "\n" << b.line());
+      const std::vector<double> na = numbers(a), nb = numbers(b);
+      REQUIRE(na.size() == nb.size());
+      for (size_t i = 0; i < na.size(); i++) CHECK(nb[i] == doctest::Approx(na[i]).epsilon(1e-5));
+      CHECK(b.trimmer_grad_norm == doctest::Approx(a.trimmer_grad_norm).epsilon(1e-5));
+      CHECK(a.grad_norm > 0);
+      if (trimming) CHECK(a.trimmer_grad_norm > 0);
+    }
+  }
+  const float lr = 1e-3f;
+  st::SmartTrimTrainer one = make_a(lr), two = make_b(lr);
+  const auto before = parameter_values(one.model());
+  one.step(batch_a);
+  two.step(batch_b);
+  const auto a = parameter_values(one.model()), b = parameter_values(two.model());
+  size_t moved = 0, total = 0;
+  for (size_t p = 0; p < a.size(); p++)
+    for (size_t i = 0; i < a[p].size(); i++) {
+      CHECK(std::fabs(a[p][i] - b[p][i]) <= 0.02f * lr);
+      moved += std::fabs(a[p][i] - before[p][i]) > 0.5f * lr;
+      total++;
+    }
+  CHECK(moved > total / 2);  // the step did move most parameters
+}
+
 TEST_CASE("smarttrim train: a batch split into shards takes the step of the whole batch") {
   st::MeterConfig with_trimmers = tiny_trim(), without = tiny_trim();
   with_trimmers.dropout = without.dropout = 0;  // the shards draw their noise apart: the test draws none
@@ -561,36 +599,40 @@ TEST_CASE("smarttrim train: a batch split into shards takes the step of the whol
     };
     // 7 examples: shards of 2, 2 and 3
     const st::TrainBatch batch = batch_at(c, k.task, 7, 4, 0);
-    {  // lr 0: the same model takes both steps, so the losses and gradient norms must agree
-      st::SmartTrimTrainer one = trainer(1, 0.0f), three = trainer(3, 0.0f);
-      for (int step = 0; step < 2; step++) {
-        const st::StepLog a = one.step(batch), b = three.step(batch);
-        INFO(a.line() << "\n" << b.line());
-        const std::vector<double> na = numbers(a), nb = numbers(b);
-        REQUIRE(na.size() == nb.size());
-        for (size_t i = 0; i < na.size(); i++) CHECK(nb[i] == doctest::Approx(na[i]).epsilon(1e-5));
-        CHECK(b.trimmer_grad_norm == doctest::Approx(a.trimmer_grad_norm).epsilon(1e-5));
-        CHECK(a.grad_norm > 0);
-        if (c.trim.enabled) CHECK(a.trimmer_grad_norm > 0);
+    check_same_steps([&](float lr) { return trainer(1, lr); }, [&](float lr) { return trainer(3, lr); }, batch, batch,
+                     c.trim.enabled);
+  }
+}
+
+TEST_CASE("smarttrim train: padding a batch wider does not change its step") {
+  // The loader pads a batch to its longest text; any wider padding must give the same step.
+  st::MeterConfig c = tiny_trim();
+  c.dropout = 0;  // dropout's draws depend on the tensors' sizes
+  st::TrainOptions o;
+  o.total_steps = 4;
+  o.noise_free_fraction = 1;
+  o.curriculum = {0.5, 0.5, false};
+  for (st::Task task : {st::Task::VQA, st::Task::NLVR2}) {
+    CAPTURE(int(task));
+    o.task = task;
+    const st::TrainBatch tight = batch_at(c, task, 5, 3, 0);
+    st::TrainBatch wide = tight;
+    const int64_t B = tight.ids.dim(0), T = tight.ids.dim(1), W = T + 6;
+    std::vector<int32_t> ids(size_t(B * W), int32_t(c.pad_token_id));
+    std::vector<float> mask(size_t(B * W), 0.0f);
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t j = 0; j < T; j++) {
+        ids[size_t(b * W + j)] = tight.ids.ints()[b * T + j];
+        mask[size_t(b * W + j)] = tight.mask.data()[b * T + j];
       }
-    }
-    // a real update: the parameters move alike. AdamW's first step is about
-    // lr sign(g), so a gradient that rounds differently near 0 moves its
-    // parameter by a little less than lr; the tolerance allows 2% of lr.
-    const float lr = 1e-3f;
-    st::SmartTrimTrainer one = trainer(1, lr), three = trainer(3, lr);
-    const auto before = parameter_values(one.model());
-    one.step(batch);
-    three.step(batch);
-    const auto a = parameter_values(one.model()), b = parameter_values(three.model());
-    size_t moved = 0, total = 0;
-    for (size_t p = 0; p < a.size(); p++)
-      for (size_t i = 0; i < a[p].size(); i++) {
-        CHECK(std::fabs(a[p][i] - b[p][i]) <= 0.02f * lr);
-        moved += std::fabs(a[p][i] - before[p][i]) > 0.5f * lr;
-        total++;
-      }
-    CHECK(moved > total / 2);  // the step did move most parameters
+    wide.ids = Tensor::from_ints(ids, {B, W});
+    wide.mask = Tensor::from_vector(mask, {B, W});
+    auto trainer = [&](float lr) {
+      st::TrainOptions with = o;
+      with.lr = lr;
+      return st::SmartTrimTrainer(c, with, 5, 6);
+    };
+    check_same_steps(trainer, trainer, tight, wide, true);
   }
 }
 
