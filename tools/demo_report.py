@@ -88,7 +88,8 @@ def report(out, elapsed):
               "The theta-0 rows show where training landed, and `smarttrim eval --target-ratio` chooses the "
               "threshold that meets the target on held-out data (speed-ups are measured at those thresholds). "
               "The trimmers-off row is the target-0.5 model at full capacity: fine-tuning trains the "
-              "backbone too, so it shows how much of the trimmed accuracy comes from the extra training "
+              "backbone too (for the trimmed student alone when the teacher-loss weight alpha is 0, as in "
+              "the demo), so it shows what the fine-tuned weights give untrimmed "
               "(%+.2f points against the full-capacity model)." % (100 * (runs["trim0.5-off"]["accuracy"] - full["accuracy"])),
               "Speed-ups come from `smarttrim bench`: the same trimmed model with its trimmers on and off, "
               "on the same 32 test examples, timed side by side (medians). Latency and throughput columns "
