@@ -1,7 +1,7 @@
 # smarttrim: one entry point for build, test, bench and dependencies.
 #
 #   make demo       the Fashion-MNIST SmartTrim demo: data, training, evaluation,
-#                   figures and out/demo/report.md (about 8 minutes on 2 cores)
+#                   figures and out/demo/report.md (about 11 minutes on 2 cores)
 #   make            library, tests and build/smarttrim
 #   make test       every test suite, ending with "N passed, N failed"
 #   make test-asan  the same suites under AddressSanitizer + UBSan

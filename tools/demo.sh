@@ -52,7 +52,7 @@ echo "== 3. SmartTrim fine-tuning at FLOPs targets 0.5 and 0.33 ($(elapsed) s)"
 # about 0.7 of the time), and the shared weights serve the trimmed student
 # alone. From the demo's full model, seeds 2 to 4 lost 2.05, 1.53 and 2.08
 # points at theta 0 with alpha 0, against 1.61, 3.98 and 2.63 with alpha 1.
-# Batches of 64 (the full model trains on 32): seeds 2, 3 and 4 lost 1.23,
+# Batches of 64 (the full model trains on 32): seeds 2, 3 and 4 lost 1.22,
 # 1.65 and 0.63 points against 2.05, 1.53 and 2.08 with 32, for twice the
 # time per step.
 smarttrim=(--config configs/demo-fashion-smarttrim.json --init "$out/full/model.st" --data "$data/vqa" "${common[@]}"
