@@ -619,8 +619,10 @@ inline void barrier(int nth) {
 // Body run by each of the nth threads (tid = 0..nth-1). split_m: threads
 // share the rows of C (and the whole packed B panel); otherwise they share
 // the NR micro-panels of each B panel and do all rows.
-void gemm_thread(const Kernel& kr, const Problem& p, float* bpack, int tid,
-                 int nth, bool split_m) {
+// packed_b: op(B) already packed (PrepackedWeights, one K and N block), or
+// nullptr to pack it here.
+void gemm_thread(const Kernel& kr, const Problem& p, float* bpack,
+                 const float* packed_b, int tid, int nth, bool split_m) {
   const int MR = kr.MR, NR = kr.NR;
   float* apack = tls_pack_a.get(
       std::size_t(round_up(std::min(kr.MC, p.M), MR)) * kr.KC);
@@ -655,9 +657,11 @@ void gemm_thread(const Kernel& kr, const Problem& p, float* bpack, int tid,
       // accumulate onto it.
       const float beta = pc == 0 ? p.beta : 1.0f;
 
-      for (int q = q0; q < q1; ++q)
-        kr.pack_b(p.tb, p.b_at(pc, jc + q * NR), p.ldb, kc,
-                  std::min(NR, nc - q * NR), bpack + q * panel_stride);
+      const float* panel = packed_b ? packed_b : bpack;
+      if (!packed_b)
+        for (int q = q0; q < q1; ++q)
+          kr.pack_b(p.tb, p.b_at(pc, jc + q * NR), p.ldb, kc,
+                    std::min(NR, nc - q * NR), bpack + q * panel_stride);
       if (split_m) barrier(nth);  // the whole panel is needed by everyone
 
       const int jp0 = split_m ? 0 : q0, jp1 = split_m ? n_panels : q1;
@@ -668,7 +672,7 @@ void gemm_thread(const Kernel& kr, const Problem& p, float* bpack, int tid,
           for (int jp = jp0; jp < jp1; ++jp) {
             const int j = jp * NR;
             const int n = std::min(NR, nc - j);
-            const float* bp = bpack + int64_t(jp) * panel_stride;
+            const float* bp = panel + int64_t(jp) * panel_stride;
             float* c = p.C + int64_t(ic) * p.ldc + jc + j;
             for (int ir = 0; ir < mc; ir += MR)
               kr.micro(kc, apack + int64_t(ir) * kc, bp, c + ir * p.ldc,
@@ -695,17 +699,27 @@ int threads_for(double flops) {
   return nth;
 }
 
-void gemm_run(const Problem& p, int nth) {
+// The packed panels of a product's B and the kernel they were packed for,
+// when the calling thread uses a PrepackedWeights that holds that B.
+struct Prepacked {
+  const Kernel* kernel = nullptr;
+  const float* panels = nullptr;
+};
+
+void gemm_run(const Problem& p, int nth, Prepacked pre = {}) {
   if (p.M <= 0 || p.N <= 0) return;
   if (p.K <= 0 || p.alpha == 0.0f) {
     scale_c(p);
     return;
   }
+  // Panels packed for another kernel (sgemm_force_kernel since) are of no use.
+  if (pre.kernel != &active_kernel()) pre = {};
   const Kernel& kr = active_kernel();
-  float* bpack = tls_pack_b.get(std::size_t(kr.KC) *
-                                round_up(std::min(kr.NC, p.N), kr.NR));
+  float* bpack = pre.panels ? nullptr
+                            : tls_pack_b.get(std::size_t(kr.KC) *
+                                             round_up(std::min(kr.NC, p.N), kr.NR));
   if (nth <= 1) {
-    gemm_thread(kr, p, bpack, 0, 1, true);
+    gemm_thread(kr, p, bpack, pre.panels, 0, 1, true);
     return;
   }
   // Split rows unless there are too few MR tiles to go round.
@@ -713,11 +727,57 @@ void gemm_run(const Problem& p, int nth) {
   const int n_tiles = (std::min(p.N, kr.NC) + kr.NR - 1) / kr.NR;
   const bool split_m = m_tiles >= 4 * nth || m_tiles >= n_tiles;
 #pragma omp parallel num_threads(nth)
-  gemm_thread(kr, p, bpack, omp_get_thread_num(), omp_get_num_threads(),
-              split_m);
+  gemm_thread(kr, p, bpack, pre.panels, omp_get_thread_num(),
+              omp_get_num_threads(), split_m);
 }
 
+thread_local const PrepackedWeights* tls_prepacked = nullptr;
+
 }  // namespace
+
+// One W^T in the panels of the kernel that was active when it was added:
+// the layout gemm_thread packs for a single K and N block, micro-panel q
+// (NR columns) at q * NR * round_up(K, 8).
+struct PrepackedWeights::Matrix {
+  const float* B;
+  int K, N, ldb;
+  const Kernel* kernel;
+  std::unique_ptr<float, decltype(&std::free)> panels{nullptr, &std::free};
+};
+
+PrepackedWeights::PrepackedWeights() = default;
+PrepackedWeights::~PrepackedWeights() = default;
+
+void PrepackedWeights::add(const float* B, int K, int N, int ldb) {
+  const Kernel& kr = active_kernel();
+  if (K <= 0 || N <= 0 || K > kr.KC || N > kr.NC || find(B, true, K, N, ldb)) return;
+  auto m = std::make_unique<Matrix>();
+  m->B = B, m->K = K, m->N = N, m->ldb = ldb, m->kernel = &kr;
+  const int64_t panel_stride = int64_t(kr.NR) * round_up(K, 8);  // gemm_thread's kc_block for one block
+  const int64_t n_panels = (N + kr.NR - 1) / kr.NR;
+  const size_t bytes = size_t(round_up(n_panels * panel_stride * int64_t(sizeof(float)), 64));
+  m->panels.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
+  if (!m->panels) throw std::bad_alloc();
+  for (int64_t q = 0; q < n_panels; ++q)
+    kr.pack_b(true, B + q * kr.NR * int64_t(ldb), ldb, K, int(std::min<int64_t>(kr.NR, N - q * kr.NR)),
+              m->panels.get() + q * panel_stride);
+  by_pointer_[B].push_back(m.get());
+  matrices_.push_back(std::move(m));
+}
+
+size_t PrepackedWeights::count() const { return matrices_.size(); }
+
+const PrepackedWeights::Matrix* PrepackedWeights::find(const float* B, bool trans_b, int K, int N, int ldb) const {
+  if (!trans_b) return nullptr;
+  const auto it = by_pointer_.find(B);
+  if (it == by_pointer_.end()) return nullptr;
+  for (const Matrix* m : it->second)
+    if (m->K == K && m->N == N && m->ldb == ldb) return m;
+  return nullptr;
+}
+
+PrepackedWeights::Use::Use(const PrepackedWeights* weights) : previous_(tls_prepacked) { tls_prepacked = weights; }
+PrepackedWeights::Use::~Use() { tls_prepacked = previous_; }
 
 static thread_local uint64_t flops_done = 0;
 uint64_t sgemm_flops() { return flops_done; }
@@ -729,7 +789,11 @@ void sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
   if (M > 0 && N > 0 && K > 0) flops_done += 2ull * uint64_t(M) * uint64_t(N) * uint64_t(K);
   const Problem p{trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb,
                   beta, C, ldc};
-  gemm_run(p, threads_for(2.0 * M * N * K));
+  Prepacked pre;
+  if (tls_prepacked)
+    if (const PrepackedWeights::Matrix* m = tls_prepacked->find(B, trans_b, K, N, ldb))
+      pre = {m->kernel, m->panels.get()};
+  gemm_run(p, threads_for(2.0 * M * N * K), pre);
 }
 
 void sgemm_batched(bool trans_a, bool trans_b, int M, int N, int K,

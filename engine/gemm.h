@@ -14,6 +14,9 @@
 // so a call does not allocate after the first one at a given size.
 #pragma once
 #include <cstdint>
+#include <memory>
+#include <unordered_map>
+#include <vector>
 
 namespace st {
 
@@ -28,6 +31,48 @@ void sgemm_batched(bool trans_a, bool trans_b, int M, int N, int K,
                    const float* B, int ldb, int64_t stride_b,
                    float beta, float* C, int ldc, int64_t stride_c,
                    int batch);
+
+// Weights packed once, for inference. A product x W^T packs W into the
+// micro-kernel's panels on every call; for a small model that is a large
+// share of the work (each linear layer's rows are few), and the same
+// weights are packed again at every layer of every batch. A PrepackedWeights
+// holds W^T already packed. While a PrepackedWeights::Use is alive on a
+// thread, every sgemm on that thread whose B operand is one of the added
+// matrices (the same pointer, trans_b, K, N and ldb) reads those panels
+// instead of packing B. The panels are a copy: they hold W's values as they
+// were when added, so an owner must not let the weights change while it
+// uses them.
+class PrepackedWeights {
+ public:
+  PrepackedWeights();
+  ~PrepackedWeights();
+  PrepackedWeights(const PrepackedWeights&) = delete;
+  PrepackedWeights& operator=(const PrepackedWeights&) = delete;
+
+  // op(B) = B^T with B (N, ldb): the W of x W^T, N outputs of K inputs.
+  // Products too large for one block of the kernel (K > its KC, N > its NC)
+  // are left out; they pack B as usual, which costs little next to them.
+  void add(const float* B, int K, int N, int ldb);
+  size_t count() const;  // matrices held
+
+  class Use {  // sgemm on this thread reads the panels while this is alive
+   public:
+    explicit Use(const PrepackedWeights* weights);  // nullptr: none
+    ~Use();
+    Use(const Use&) = delete;
+    Use& operator=(const Use&) = delete;
+
+   private:
+    const PrepackedWeights* previous_;
+  };
+
+  struct Matrix;  // one packed W^T (gemm.cpp)
+  const Matrix* find(const float* B, bool trans_b, int K, int N, int ldb) const;
+
+ private:
+  std::vector<std::unique_ptr<Matrix>> matrices_;
+  std::unordered_map<const float*, std::vector<const Matrix*>> by_pointer_;
+};
 
 // Multiply-add FLOPs (2 M N K per product) executed by sgemm and
 // sgemm_batched since the last reset, for benchmarks' GFLOP/s. Per thread.

@@ -7,17 +7,40 @@
 #include <cmath>
 #include <exception>
 #include <optional>
+#include <unordered_map>
 
 #include "engine/error.h"
+#include "engine/gemm.h"
 #include "engine/kernels.h"
 #include "engine/ops/head_projection.h"
 #include "engine/parallel.h"
 
 namespace st {
 
+// A small model's weights laid out once for the packed path's kernels
+// (see packed.h): GEMM panels of every weight, and the transposed copies
+// the row-by-row head projections read, by W (attention's Q, K, V and O).
+struct PackedMeter::Prepared {
+  PrepackedWeights gemm;
+  std::unordered_map<const float*, cpu::HeadWeights> heads;
+  const cpu::HeadWeights* head_weights(const float* W) const {
+    const auto it = heads.find(W);
+    return it == heads.end() ? nullptr : &it->second;
+  }
+};
+using Prepared = PackedMeter::Prepared;
+
 namespace {
 
 using Flops = std::vector<double>;
+
+// Below this many FLOPs in one example's pass at full capacity a model is
+// small (METER-tiny: 10 MFLOPs, the demo's model 25, METER-base 105 000):
+// its batch is split by examples rather than op by op, and its weights are
+// packed once.
+bool small_model(const MeterConfig& c, int text_len) {
+  return pass_flops(c, full_counts(c, text_len), false) < 2e8;
+}
 
 // `examples` segments of `rows` rows each (rows 1: one row per example).
 Segments even_segments(int64_t examples, int64_t rows = 1) {
@@ -164,8 +187,10 @@ void project_rows(const Tensor& x, const Tensor& rows, const float* W, const flo
 // projections row by row instead (engine/ops/head_projection.h): the same
 // products, without gathering and scattering rows. Every example is charged
 // for exactly the work done for it.
+// prepared: the weights laid out for the row-by-row projections, if made
+// (else they are transposed here, for this call).
 Tensor packed_attention(const Attention& attention, const Tensor& x, const Segments& qs, const Tensor& memory,
-                        const Segments& ks, const Tensor& head_keep, Flops& flops) {
+                        const Segments& ks, const Tensor& head_keep, const Prepared* prepared, Flops& flops) {
   const AttentionWeights w = weights_of(attention);
   const Device dev = x.device();
   const int64_t d = w.d, H = w.heads, k = d / H, B = qs.examples();
@@ -198,12 +223,14 @@ Tensor packed_attention(const Attention& attention, const Tensor& x, const Segme
     project(memory, w.wk, w.bk, 1.0f, kk);
     project(memory, w.wv, w.bv, 1.0f, v);
   } else if (by_rows) {
-    cpu::project_into_heads(q.data(), x.data(), w.wq, w.bq, scale, q_at.ints(), keep.data(), int(B), int(H), int(k),
-                            int(d));
-    cpu::project_into_heads(kk.data(), memory.data(), w.wk, w.bk, 1.0f, k_at.ints(), keep.data(), int(B), int(H),
-                            int(k), int(d));
-    cpu::project_into_heads(v.data(), memory.data(), w.wv, w.bv, 1.0f, k_at.ints(), keep.data(), int(B), int(H),
-                            int(k), int(d));
+    cpu::HeadWeights made;
+    auto into = [&](const float* W, const float* bias) -> const cpu::HeadWeights& {
+      const cpu::HeadWeights* p = prepared ? prepared->head_weights(W) : nullptr;
+      return p ? *p : (made = cpu::into_heads_weights(W, bias, int(H), int(k), int(d)));
+    };
+    cpu::project_into_heads(q.data(), x.data(), into(w.wq, w.bq), scale, q_at.ints(), keep.data(), int(B));
+    cpu::project_into_heads(kk.data(), memory.data(), into(w.wk, w.bk), 1.0f, k_at.ints(), keep.data(), int(B));
+    cpu::project_into_heads(v.data(), memory.data(), into(w.wv, w.bv), 1.0f, k_at.ints(), keep.data(), int(B));
   } else {
     for (const auto& rows : rows_per_head(qs, keep, H)) q_rows.push_back(index_on(rows, dev));
     for (const auto& rows : rows_per_head(ks, keep, H)) k_rows.push_back(index_on(rows, dev));
@@ -233,8 +260,9 @@ Tensor packed_attention(const Attention& attention, const Tensor& x, const Segme
     project(ctx, w.wo, w.bo, 1.0f, out);
   } else if (by_rows) {
     out = Tensor::empty({qs.total(), d}, DType::F32, dev);
-    cpu::project_out_of_heads(out.data(), ctx.data(), w.wo, w.bo, q_at.ints(), keep.data(), int(B), int(H), int(k),
-                              int(d));
+    const cpu::HeadWeights* p = prepared ? prepared->head_weights(w.wo) : nullptr;
+    cpu::project_out_of_heads(out.data(), ctx.data(), p ? *p : cpu::out_of_heads_weights(w.wo, w.bo, int(H), int(k), int(d)),
+                              q_at.ints(), keep.data(), int(B));
   } else {
     // Head by head: the rows that keep h read ctx's columns of h and W_o's
     // columns of h. The heads run one after another (they add into the same rows).
@@ -257,8 +285,8 @@ Tensor packed_attention(const Attention& attention, const Tensor& x, const Segme
 // --- blocks on packed rows (the same equations as layers/blocks.h)
 
 Tensor bert_attention(const BertAttention& a, const Tensor& x, const Segments& xs, const Tensor& memory,
-                      const Segments& ms, const Tensor& heads, Flops& flops) {
-  return a.norm.forward(x, packed_attention(a.attn, x, xs, memory, ms, heads, flops));
+                      const Segments& ms, const Tensor& heads, const Prepared* prepared, Flops& flops) {
+  return a.norm.forward(x, packed_attention(a.attn, x, xs, memory, ms, heads, prepared, flops));
 }
 
 Tensor bert_ffn(const BertFeedForward& f, const Tensor& x, const Segments& s, Flops& flops) {
@@ -267,7 +295,7 @@ Tensor bert_ffn(const BertFeedForward& f, const Tensor& x, const Segments& s, Fl
 
 Tensor vit_block(const ViTBlock& blk, const Tensor& x, const Segments& s, Flops& flops) {
   Tensor ln = blk.ln_1.forward(x);
-  Tensor h = x + packed_attention(blk.attn, ln, s, ln, s, Tensor(), flops);
+  Tensor h = x + packed_attention(blk.attn, ln, s, ln, s, Tensor(), nullptr, flops);
   return h + linear_rows(linear_rows(blk.ln_2.forward(h), blk.c_fc, s, flops, Activation::QuickGelu), blk.c_proj, s,
                          flops);
 }
@@ -388,7 +416,7 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
     }
     record(&PassCounts<double>::text_tokens, ts);
     const BertLayer& layer = m_.text_.layers[size_t(l)];
-    t = bert_ffn(layer.ffn, bert_attention(layer.attention, t, ts, t, ts, Tensor(), flops), ts, flops);
+    t = bert_ffn(layer.ffn, bert_attention(layer.attention, t, ts, t, ts, Tensor(), nullptr, flops), ts, flops);
   }
   Tensor text_first = first_rows(t, ts);  // (B, Tw)
 
@@ -462,10 +490,11 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
     record(&PassCounts<double>::cross_image_tokens, vs);
     const BertCrossLayer& tl = m_.text_layers_[size_t(l)];
     const BertCrossLayer& il = m_.image_layers_[size_t(l)];
-    Tensor ta = bert_attention(tl.attention, t, ts, t, ts, z_ts, flops);
-    Tensor t_next = bert_ffn(tl.ffn, bert_attention(tl.crossattention, ta, ts, v, vs, z_tc, flops), ts, flops);
-    Tensor va = bert_attention(il.attention, v, vs, v, vs, z_vs, flops);
-    Tensor v_next = bert_ffn(il.ffn, bert_attention(il.crossattention, va, vs, t, ts, z_vc, flops), vs, flops);
+    const Prepared* p = prepared_.get();
+    Tensor ta = bert_attention(tl.attention, t, ts, t, ts, z_ts, p, flops);
+    Tensor t_next = bert_ffn(tl.ffn, bert_attention(tl.crossattention, ta, ts, v, vs, z_tc, p, flops), ts, flops);
+    Tensor va = bert_attention(il.attention, v, vs, v, vs, z_vs, p, flops);
+    Tensor v_next = bert_ffn(il.ffn, bert_attention(il.crossattention, va, vs, t, ts, z_vc, p, flops), vs, flops);
     t = t_next, v = v_next;  // both read the previous layer's outputs
   }
 
@@ -475,15 +504,6 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
                     -1);  // (B, 2d)
   return pass;
 }
-
-namespace {
-
-// Below this many FLOPs in one example's pass at full capacity, a batch is
-// split by examples rather than op by op (METER-tiny: 10 MFLOPs, the demo's
-// model 25, METER-base 105 000).
-constexpr double kSplitByExamplesFlops = 2e8;
-
-}  // namespace
 
 // A small model's ops are mostly below the size where a second thread pays
 // (GEMMs under 4 MFLOPs, attention on 16-token segments), so shared out op
@@ -497,8 +517,7 @@ PackedMeter::Pass PackedMeter::pass(const Tensor& ids, const Tensor& mask, const
   const MeterConfig& c = m_.config_;
   const int64_t B = ids.dim(0);
   const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
-  const bool small = pass_flops(c, full_counts(c, int(ids.dim(1))), false) < kSplitByExamplesFlops;
-  if (ids.device() != Device::CPU || threads < 2 || B < 2 * int64_t(threads) || !small)
+  if (ids.device() != Device::CPU || threads < 2 || B < 2 * int64_t(threads) || !small_model(c, int(ids.dim(1))))
     return one_pass(ids, mask, image, image_type, opt, flops);
 
   std::vector<Pass> parts(static_cast<size_t>(threads));
@@ -508,7 +527,8 @@ PackedMeter::Pass PackedMeter::pass(const Tensor& ids, const Tensor& mask, const
 #pragma omp parallel for num_threads(threads) schedule(static, 1)
   for (int part = 0; part < threads; part++) {
     try {
-      NoGrad no_grad;  // grad mode is per thread
+      NoGrad no_grad;  // grad mode is per thread, and so is the use of prepacked weights
+      PrepackedWeights::Use packed_weights(prepared_ ? &prepared_->gemm : nullptr);
       const int64_t b0 = first_example(part), b1 = first_example(part + 1);
       part_flops[size_t(part)].assign(size_t(b1 - b0), 0.0);
       parts[size_t(part)] = one_pass(ids.slice_batch(b0, b1), mask.slice_batch(b0, b1), image.slice_batch(b0, b1),
@@ -538,6 +558,56 @@ PackedMeter::Pass PackedMeter::pass(const Tensor& ids, const Tensor& mask, const
   return whole;
 }
 
+namespace {
+
+bool ends_with(const std::string& s, const std::string& end) {
+  return s.size() >= end.size() && s.compare(s.size() - end.size(), end.size(), end) == 0;
+}
+
+// GEMM panels: every matrix parameter as the W of x W^T (a linear layer's
+// (out, in) weight; the patch embedding's (width, 3, p, p) as
+// (width, 3 p p)), and the row and column blocks that the passes multiply
+// by on their own: CLIP's fused in_proj (its Q, K and V rows) and a token
+// trimmer's mlp1 (its [h | g | u] columns, trimmer_logits).
+void prepack_gemm_weights(const Meter& m, PrepackedWeights& w) {
+  for (const auto& [name, t] : m.params().list) {
+    if (t->rank() < 2) continue;
+    const int N = int(t->dim(0)), K = int(t->numel() / t->dim(0));
+    const float* W = t->data();
+    w.add(W, K, N, K);
+    if (ends_with(name, "in_proj_weight"))
+      for (int part = 0; part < 3; part++) w.add(W + int64_t(part) * (N / 3) * K, K, N / 3, K);
+    if (name.rfind("smarttrim.", 0) == 0 && ends_with(name, ".mlp1.weight"))
+      for (int block = 0; block < K / N; block++) w.add(W + int64_t(block) * N, N, N, K);
+  }
+}
+
+// Head projections: the co-attention's modules, the ones head trimmers act on.
+void prepare_head_weights(const std::vector<const Attention*>& modules,
+                          std::unordered_map<const float*, cpu::HeadWeights>& heads) {
+  for (const Attention* a : modules) {
+    const AttentionWeights w = weights_of(*a);
+    const int H = w.heads, k = int(w.d / w.heads), d = int(w.d);
+    if (!cpu::head_projection_fits(d, k, d)) continue;
+    for (const auto& [W, bias] : {std::pair{w.wq, w.bq}, {w.wk, w.bk}, {w.wv, w.bv}})
+      heads.emplace(W, cpu::into_heads_weights(W, bias, H, k, d));
+    heads.emplace(w.wo, cpu::out_of_heads_weights(w.wo, w.bo, H, k, d));
+  }
+}
+
+}  // namespace
+
+PackedMeter::PackedMeter(const Meter& model) : m_(model) {
+  if (model.device() != Device::CPU || !small_model(model.config_, model.config_.max_text_positions)) return;
+  auto p = std::make_shared<Prepared>();
+  prepack_gemm_weights(model, p->gemm);
+  std::vector<const Attention*> modules;
+  for (const auto* layers : {&model.text_layers_, &model.image_layers_})
+    for (const BertCrossLayer& l : *layers) modules.push_back(&l.attention.attn), modules.push_back(&l.crossattention.attn);
+  prepare_head_weights(modules, p->heads);
+  prepared_ = std::move(p);
+}
+
 PackedOutput PackedMeter::run(Task task, const Tensor& ids, const Tensor& mask, const Tensor& image,
                               const Tensor& image2, const Options& opt) const {
   if (ids.rank() != 2 || mask.shape() != ids.shape() || image.dim(0) != ids.dim(0))
@@ -549,6 +619,7 @@ PackedOutput PackedMeter::run(Task task, const Tensor& ids, const Tensor& mask, 
       throw DeviceError("packed METER: the model's weights are on " + std::string(name(dev)) + " but an input is " +
                         t->describe() + "; move both to one device");
   NoGrad no_grad;
+  PrepackedWeights::Use packed_weights(dev == Device::CPU && prepared_ ? &prepared_->gemm : nullptr);
   const int64_t B = ids.dim(0);
   PackedOutput out;
   out.flops.assign(size_t(B), 0.0);

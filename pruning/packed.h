@@ -21,7 +21,16 @@
 // One step differs by device: on the CPU a small model projects into and
 // out of the kept heads row by row (engine/ops/head_projection.h) instead
 // of one GEMM per head over gathered rows.
+//
+// A small model on the CPU has its weights laid out for its kernels once,
+// when the PackedMeter is made, not at every product: packed for the GEMM
+// (engine/gemm.h: PrepackedWeights) and, for attention with head masks,
+// transposed for the row-by-row projections. Its products have few rows, so
+// packing the weights was a large share of a pass. The PackedMeter then
+// computes with the weights as they were when it was made: after the
+// weights change (training, loading), make a new one.
 #pragma once
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -57,7 +66,7 @@ struct PackedOutput {
 
 class PackedMeter {
  public:
-  explicit PackedMeter(const Meter& model) : m_(model) {}
+  explicit PackedMeter(const Meter& model);
   const Meter& model() const { return m_; }
 
   struct Options {
@@ -75,6 +84,8 @@ class PackedMeter {
     return run(task, ids, mask, image, Tensor(), opt);
   }
 
+  struct Prepared;  // the weights laid out for the kernels (packed.cpp)
+
  private:
   struct Pass {
     Tensor cls;  // (B, 2d)
@@ -87,6 +98,7 @@ class PackedMeter {
   Pass pass(const Tensor& ids, const Tensor& mask, const Tensor& image, int image_type, const Options& opt,
             std::vector<double>& flops) const;
   const Meter& m_;
+  std::shared_ptr<const Prepared> prepared_;  // a small model's, on the CPU; else null
 };
 
 }  // namespace st

@@ -4,6 +4,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -219,6 +220,60 @@ TEST_CASE("sgemm: one thread and two threads agree bit for bit") {
   st::sgemm(false, false, M, N, K, 1.0f, A.data(), K, B.data(), N, 0.0f, C2.data(), N);
   omp_set_num_threads(saved);
   CHECK(C1 == C2);
+}
+
+TEST_CASE("sgemm: prepacked weights give the same products as packing them per call") {
+  // x W^T with W (N, ldb): odd sizes, a padded ldb, a W that is a slice of
+  // a larger matrix, and one W under two shapes.
+  std::mt19937 rng(11);
+  const int ldb = 61;
+  const auto W = random_matrix(std::size_t(97) * ldb, rng);  // rows 0..96, ldb columns
+  struct Use { const float* w; int M, N, K; float beta; };
+  const std::vector<Use> uses = {{W.data(), 37, 45, 29, 0.0f},            // 45 outputs of 29 inputs
+                                 {W.data() + 45 * ldb, 5, 52, 61, 0.0f},  // the next 52 rows, all columns
+                                 {W.data() + 45 * ldb, 300, 52, 61, 1.0f}, // many rows: two threads may share them
+                                 {W.data(), 3, 16, 17, 0.5f}};            // the first W under another shape
+  st::PrepackedWeights prepacked;
+  prepacked.add(W.data(), 29, 45, ldb);
+  prepacked.add(W.data() + 45 * ldb, 61, 52, ldb);
+  prepacked.add(W.data(), 29, 45, ldb);  // again: kept once
+  CHECK(prepacked.count() == 2);
+  const int saved = omp_get_max_threads();
+  for (int threads : {1, 2}) {
+    omp_set_num_threads(threads);
+    for (const Use& u : uses) {
+      INFO("threads " << threads << ", M " << u.M << ", N " << u.N << ", K " << u.K);
+      const auto x = random_matrix(std::size_t(u.M) * u.K, rng);
+      const auto C0 = random_matrix(std::size_t(u.M) * u.N, rng);
+      std::vector<float> plain = C0, pre = C0;
+      st::sgemm(false, true, u.M, u.N, u.K, 1.0f, x.data(), u.K, u.w, ldb, u.beta, plain.data(), u.N);
+      {
+        st::PrepackedWeights::Use use(&prepacked);
+        st::sgemm(false, true, u.M, u.N, u.K, 1.0f, x.data(), u.K, u.w, ldb, u.beta, pre.data(), u.N);
+      }
+      CHECK(pre == plain);  // the same panels, so the same rounding
+      std::vector<double> ref, mag;
+      reference(false, true, u.M, u.N, u.K, 1.0f, x, u.K, std::vector<float>(u.w, W.data() + W.size()), ldb, u.beta,
+                C0, u.N, ref, mag);
+      double worst = 0;
+      for (std::size_t i = 0; i < pre.size(); ++i) worst = std::max(worst, std::fabs(pre[i] - ref[i]) / (mag[i] + 1e-30));
+      CHECK(worst < 1e-5);
+    }
+  }
+  omp_set_num_threads(saved);
+  // A Use ends with its scope: the weights change, and the next product sees them.
+  std::vector<float> W2 = W;
+  st::PrepackedWeights of_w2;
+  of_w2.add(W2.data(), 29, 45, ldb);
+  for (float& v : W2) v = -v;
+  const auto x = random_matrix(std::size_t(4) * 29, rng);
+  std::vector<float> a(4 * 45), b(4 * 45);
+  {
+    st::PrepackedWeights::Use use(&of_w2);
+    st::sgemm(false, true, 4, 45, 29, 1.0f, x.data(), 29, W2.data(), ldb, 0.0f, a.data(), 45);  // the copy: old values
+  }
+  st::sgemm(false, true, 4, 45, 29, 1.0f, x.data(), 29, W2.data(), ldb, 0.0f, b.data(), 45);    // packed now: new values
+  for (int i = 0; i < 4 * 45; ++i) CHECK(a[i] == -b[i]);
 }
 
 TEST_CASE("sgemm: degenerate sizes") {

@@ -51,8 +51,8 @@ double into_error(const std::vector<int>& rows, int H, int k, int d_in, uint64_t
   const std::vector<float> x = draw(rng, R * d_in), W = draw(rng, d * d_in), bias = draw(rng, d);
   const float scale = 0.37f;
   std::vector<float> y(size_t(R * d), kSentinel);
-  st::cpu::project_into_heads(y.data(), x.data(), W.data(), bias.data(), scale, p.at.data(), p.keep.data(), p.B, H,
-                              k, d_in);
+  st::cpu::project_into_heads(y.data(), x.data(), st::cpu::into_heads_weights(W.data(), bias.data(), H, k, d_in), scale,
+                              p.at.data(), p.keep.data(), p.B);
   double diff = 0, size = 0;
   for (int b = 0; b < p.B; b++)
     for (int64_t r = p.at[size_t(b)]; r < p.at[size_t(b + 1)]; r++)
@@ -85,8 +85,8 @@ double out_error(const std::vector<int>& rows, int H, int k, int d_out, uint64_t
         if (p.keep[size_t(b * H + h)] == 0.0f)
           for (int c = h * k; c < (h + 1) * k; c++) x[size_t(r * d + c)] = std::numeric_limits<float>::quiet_NaN();
   std::vector<float> y(size_t(R * d_out), kSentinel);
-  st::cpu::project_out_of_heads(y.data(), x.data(), W.data(), bias.data(), p.at.data(), p.keep.data(), p.B, H, k,
-                                d_out);
+  st::cpu::project_out_of_heads(y.data(), x.data(), st::cpu::out_of_heads_weights(W.data(), bias.data(), H, k, d_out),
+                                p.at.data(), p.keep.data(), p.B);
   double diff = 0, size = 0;
   for (int b = 0; b < p.B; b++)
     for (int64_t r = p.at[size_t(b)]; r < p.at[size_t(b + 1)]; r++)
@@ -128,36 +128,37 @@ TEST_CASE("head projections: sizes past the kernels' limits are refused, not ove
   CHECK_FALSE(st::cpu::head_projection_fits(64, 33, 64));   // head size
   CHECK_FALSE(st::cpu::head_projection_fits(64, 16, 129));  // outputs
   CHECK_FALSE(st::cpu::head_projection_fits(768, 64, 768));  // METER-base: the per-head GEMMs
-  std::vector<int32_t> at = {0, 1};
-  std::vector<float> keep(12, 1.0f), buf(768 * 768, 1.0f);
-  CHECK_THROWS_AS(st::cpu::project_into_heads(buf.data(), buf.data(), buf.data(), buf.data(), 1.0f, at.data(),
-                                              keep.data(), 1, 12, 64, 768),
-                  st::ShapeError);
-  CHECK_THROWS_AS(st::cpu::project_out_of_heads(buf.data(), buf.data(), buf.data(), buf.data(), at.data(),
-                                                keep.data(), 1, 12, 64, 768),
-                  st::ShapeError);
+  std::vector<float> buf(768 * 768, 1.0f);
+  CHECK_THROWS_AS(st::cpu::into_heads_weights(buf.data(), buf.data(), 12, 64, 768), st::ShapeError);
+  CHECK_THROWS_AS(st::cpu::out_of_heads_weights(buf.data(), buf.data(), 12, 64, 768), st::ShapeError);
 }
 
-TEST_CASE("head projections: weights changed in place between calls are read again") {
-  // The kernels keep transposed copies of the weights; changed weights must not be served stale.
+TEST_CASE("head projections: the laid-out weights are a copy, made once and reused") {
+  // The packed path makes them when a PackedMeter is made and uses them for
+  // every batch; they must not read W again, and a new copy sees new values.
   const std::vector<int32_t> at = {0, 3, 5};
   const std::vector<float> keep = {1, 0, 1, 1};  // B 2, H 2
   const int H = 2, k = 3, d = 6;
   std::vector<float> x(5 * d), W(d * d), bias(d, 0.5f), y(5 * d);
   for (size_t i = 0; i < x.size(); i++) x[i] = 0.1f * float(i % 7) - 0.2f;
   for (size_t i = 0; i < W.size(); i++) W[i] = 0.05f * float(i % 5) + 0.1f;
-  auto row0 = [&](bool into) {
-    if (into) st::cpu::project_into_heads(y.data(), x.data(), W.data(), bias.data(), 1.0f, at.data(), keep.data(), 2, H, k, d);
-    else st::cpu::project_out_of_heads(y.data(), x.data(), W.data(), bias.data(), at.data(), keep.data(), 2, H, k, d);
+  auto made = [&](bool into) {
+    return into ? st::cpu::into_heads_weights(W.data(), bias.data(), H, k, d)
+                : st::cpu::out_of_heads_weights(W.data(), bias.data(), H, k, d);
+  };
+  auto row0 = [&](bool into, const st::cpu::HeadWeights& w) {
+    if (into) st::cpu::project_into_heads(y.data(), x.data(), w, 1.0f, at.data(), keep.data(), 2);
+    else st::cpu::project_out_of_heads(y.data(), x.data(), w, at.data(), keep.data(), 2);
     return y[0];
   };
   for (bool into : {true, false}) {
     CAPTURE(into);
-    const float before = row0(into);
+    const st::cpu::HeadWeights before = made(into);
+    const float y_before = row0(into, before);
     for (float& w : W) w *= 2.0f;
-    const float after = row0(into);
+    CHECK(row0(into, before) == y_before);  // the copy keeps the old values
+    const float after = row0(into, made(into));
+    CHECK(after - 0.5f == doctest::Approx(2.0f * (y_before - 0.5f)));  // y = bias + 2 x W
     for (float& w : W) w *= 0.5f;
-    CHECK(after - 0.5f == doctest::Approx(2.0f * (before - 0.5f)));  // y = bias + 2 x W
-    CHECK(row0(into) == before);
   }
 }

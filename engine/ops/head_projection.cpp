@@ -34,21 +34,38 @@ bool head_projection_fits(int64_t d_in, int64_t k, int64_t d_out) {
          blocks(d_out) <= kMaxOutputBlocks;
 }
 
-void project_into_heads(float* y, const float* x, const float* W, const float* bias, float scale,
-                        const int32_t* at, const float* keep, int B, int H, int k, int d_in) {
+HeadWeights into_heads_weights(const float* W, const float* bias, int H, int k, int d_in) {
   require_fit("project_into_heads", d_in, k, int64_t(H) * k);
-  const int KB = blocks(k);
-  const int64_t kp = int64_t(KB) * kLanes, ld_wt = H * kp, ld_y = int64_t(H) * k;
-  // Wt (d_in, H kp): head h's rows of W transposed into columns h kp .., zero-padded to whole
-  // vectors; bias_p: the bias, padded the same way.
-  thread_local TransposedCopies copies;
-  forget_if_many(copies);
-  const float* wt = transposed(copies, W, ld_y, d_in, ld_wt, [&](float* Wt) {
-    for (int h = 0; h < H; h++) transpose_rows(Wt + h * kp, ld_wt, W, d_in, int64_t(h) * k, k);
-  });
-  std::vector<float> bias_p(size_t(ld_wt), 0.0f);
-  for (int h = 0; h < H; h++) std::copy_n(bias + int64_t(h) * k, k, bias_p.data() + h * kp);
-  const float* bp = bias_p.data();
+  HeadWeights w;
+  w.H = H, w.k = k, w.d_in = d_in, w.d_out = H * k;
+  const int64_t kp = int64_t(blocks(k)) * kLanes;  // a head's columns in whole vectors
+  w.ld_wt = H * kp;
+  w.wt.assign(size_t(d_in * w.ld_wt), 0.0f);
+  w.bias.assign(size_t(w.ld_wt), 0.0f);
+  for (int h = 0; h < H; h++) {  // head h's rows of W become columns h kp .. of Wt
+    transpose_rows(w.wt.data() + h * kp, w.ld_wt, W, d_in, int64_t(h) * k, k);
+    std::copy_n(bias + int64_t(h) * k, k, w.bias.data() + h * kp);
+  }
+  return w;
+}
+
+HeadWeights out_of_heads_weights(const float* W, const float* bias, int H, int k, int d_out) {
+  const int64_t d_in = int64_t(H) * k;
+  require_fit("project_out_of_heads", d_in, k, d_out);
+  HeadWeights w;
+  w.H = H, w.k = k, w.d_in = int(d_in), w.d_out = d_out;
+  w.ld_wt = int64_t(blocks(d_out)) * kLanes;
+  w.wt.assign(size_t(d_in * w.ld_wt), 0.0f);
+  w.bias.assign(size_t(w.ld_wt), 0.0f);
+  transpose_rows(w.wt.data(), w.ld_wt, W, d_in, 0, d_out);
+  std::copy_n(bias, d_out, w.bias.data());
+  return w;
+}
+
+void project_into_heads(float* y, const float* x, const HeadWeights& w, float scale, const int32_t* at,
+                        const float* keep, int B) {
+  const int H = w.H, k = w.k, d_in = w.d_in, KB = blocks(k);
+  const int64_t kp = int64_t(KB) * kLanes, ld_y = int64_t(H) * k;
   const bool threads = use_threads(2 * int64_t(at[B]) * d_in * ld_y, 4'000'000);
   parallel_jobs(B, threads, [&](int64_t b) {
     // The vectors of the heads b keeps, kVectors at a time.
@@ -58,7 +75,7 @@ void project_into_heads(float* y, const float* x, const float* W, const float* b
     Vec16 init[kVectors];
     int V = 0;
     auto flush = [&] {
-      if (V > 0) over_rows(at[b], at[b + 1], y, ld_y, x, d_in, wt, ld_wt, all, cols, V, init, scale);
+      if (V > 0) over_rows(at[b], at[b + 1], y, ld_y, x, d_in, w.wt.data(), w.ld_wt, all, cols, V, init, scale);
       V = 0;
     };
     for (int h = 0; h < H; h++) {
@@ -67,7 +84,7 @@ void project_into_heads(float* y, const float* x, const float* W, const float* b
         cols.wt_col[V] = h * kp + kb * kLanes;
         cols.y_col[V] = int64_t(h) * k + kb * kLanes;
         cols.count[V] = int(std::min<int64_t>(kLanes, k - kb * kLanes));
-        init[V] = load16(bp + cols.wt_col[V]);
+        init[V] = load16(w.bias.data() + cols.wt_col[V]);
         if (++V == kVectors) flush();
       }
     }
@@ -75,19 +92,9 @@ void project_into_heads(float* y, const float* x, const float* W, const float* b
   });
 }
 
-void project_out_of_heads(float* y, const float* x, const float* W, const float* bias, const int32_t* at,
-                          const float* keep, int B, int H, int k, int d_out) {
-  const int64_t d_in = int64_t(H) * k;
-  require_fit("project_out_of_heads", d_in, k, d_out);
-  const int DB = blocks(d_out);
-  const int64_t ld_wt = int64_t(DB) * kLanes;
-  // Wt (H k, ld_wt): W transposed, zero-padded to whole vectors of outputs.
-  thread_local TransposedCopies copies;
-  forget_if_many(copies);
-  const float* wt = transposed(copies, W, d_out, d_in);
-  std::vector<float> bias_p(size_t(ld_wt), 0.0f);
-  std::copy_n(bias, d_out, bias_p.data());
-  const float* bp = bias_p.data();
+void project_out_of_heads(float* y, const float* x, const HeadWeights& w, const int32_t* at, const float* keep,
+                          int B) {
+  const int H = w.H, k = w.k, d_in = w.d_in, d_out = w.d_out, DB = blocks(d_out);
   const bool threads = use_threads(2 * int64_t(at[B]) * d_in * d_out, 4'000'000);
   parallel_jobs(B, threads, [&](int64_t b) {
     Inputs kept;  // the columns of the heads b keeps
@@ -97,8 +104,8 @@ void project_out_of_heads(float* y, const float* x, const float* W, const float*
       const int V = std::min(kVectors, DB - v0);
       const Columns cols = dense_columns(v0, V, d_out);
       Vec16 init[kVectors];
-      for (int v = 0; v < V; v++) init[v] = load16(bp + cols.wt_col[v]);
-      over_rows(at[b], at[b + 1], y, d_out, x, d_in, wt, ld_wt, kept, cols, V, init, 1.0f);
+      for (int v = 0; v < V; v++) init[v] = load16(w.bias.data() + cols.wt_col[v]);
+      over_rows(at[b], at[b + 1], y, d_out, x, d_in, w.wt.data(), w.ld_wt, kept, cols, V, init, 1.0f);
     }
   });
 }

@@ -90,9 +90,4 @@ Columns dense_columns(int v0, int V, int64_t n_out) {
   return cols;
 }
 
-const float* transposed(TransposedCopies& copies, const float* W, int64_t rows, int64_t cols) {
-  const int64_t ld_wt = int64_t(blocks(rows)) * kLanes;
-  return transposed(copies, W, rows, cols, ld_wt, [&](float* Wt) { transpose_rows(Wt, ld_wt, W, cols, 0, rows); });
-}
-
 }  // namespace st::cpu::rows

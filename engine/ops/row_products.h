@@ -12,9 +12,6 @@
 // FMAs overlap instead of waiting on one another.
 #pragma once
 #include <cstdint>
-#include <cstring>
-#include <unordered_map>
-#include <vector>
 
 #include "engine/ops/vec16.h"
 
@@ -55,41 +52,5 @@ void over_rows(int64_t begin, int64_t end, float* y, int64_t ld_y, const float* 
 
 // Wt (cols, ld_wt) = rows first .. first + count of W (rows, cols), transposed.
 void transpose_rows(float* Wt, int64_t ld_wt, const float* W, int64_t cols, int64_t first, int64_t count);
-
-// Transposing a weight matrix took longer than comparing it with a copy,
-// so each caller keeps, per thread, the transposed copies it made, and
-// remakes one only when the weights' values have changed.
-struct TransposedCopy {
-  std::vector<float> source, Wt;  // W's values when Wt was made; Wt
-  int64_t rows = 0, ld_wt = 0;
-};
-using TransposedCopies = std::unordered_map<const float*, TransposedCopy>;  // by W
-
-// Called at the start of a kernel, before it takes its copies: bounds what
-// models made and dropped leave behind (the copies a kernel holds pointers
-// to must not go while it runs).
-inline void forget_if_many(TransposedCopies& copies) {
-  if (copies.size() > 256) copies.clear();
-}
-
-// W (rows, cols) transposed by make(Wt) into a zero-filled (cols, ld_wt) buffer: the copy
-// from an earlier call while W holds the same values, else a new one.
-template <class Make>
-const float* transposed(TransposedCopies& copies, const float* W, int64_t rows, int64_t cols, int64_t ld_wt,
-                        const Make& make) {
-  TransposedCopy& c = copies[W];
-  const size_t n = size_t(rows * cols);
-  if (c.rows != rows || c.ld_wt != ld_wt || c.source.size() != n ||
-      std::memcmp(c.source.data(), W, n * sizeof(float)) != 0) {
-    c.source.assign(W, W + n);
-    c.Wt.assign(size_t(cols * ld_wt), 0.0f);
-    c.rows = rows, c.ld_wt = ld_wt;
-    make(c.Wt.data());
-  }
-  return c.Wt.data();
-}
-
-// W (rows, cols) transposed into (cols, 16 * blocks(rows)), zero-padded, cached as above.
-const float* transposed(TransposedCopies& copies, const float* W, int64_t rows, int64_t cols);
 
 }  // namespace st::cpu::rows
