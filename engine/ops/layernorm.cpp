@@ -1,4 +1,5 @@
 // LayerNorm over the last dimension: y = (x - mean) / sqrt(var + eps) * w + b.
+#include <algorithm>
 #include <cmath>
 
 #include "engine/ops/common.h"
@@ -7,48 +8,80 @@
 namespace st {
 namespace cpu {
 
-// One row: out = (x - mean) / sqrt(var + eps) * w + b; returns mean and 1/std.
-static void normalize_row(float* out, float& mean, float& rstd, const float* x, const float* weight,
-                          const float* bias, int n, float eps) {
-  // The sums run over whole vectors and then their lanes (vec16.h), the last
-  // n % 16 elements one by one: a row of a small model (40 to 64 wide) is a
-  // few vectors, and a compiler's own reduction would end each sum with a
-  // fifteen-step chain.
+// R rows at once: out = (x - mean) / sqrt(var + eps) * w + b; mean and
+// 1/std of each. A row of a small model (40 to 64 wide) is a few vectors,
+// so each row is a short chain of dependent steps (a sum, its lanes, the
+// variance, its lanes, a square root), and one row at a time leaves the
+// core waiting on them; R rows side by side keep R chains in flight. Each
+// row's arithmetic is the same whatever R is: the sums run over whole
+// vectors and then their lanes (vec16.h), the last n % 16 elements one by
+// one (a compiler's own reduction would end each sum with a fifteen-step
+// chain).
+template <int R>
+static void normalize_rows(float* out, float* mean, float* rstd, const float* x, const float* weight,
+                           const float* bias, int n, float eps) {
   const int body = n - n % kLanes;
-  Vec16 lanes{};
-  for (int i = 0; i < body; i += kLanes) lanes += load16(x + i);
-  float m = lanes_sum(lanes);
-  for (int i = body; i < n; i++) m += x[i];
-  m /= float(n);
-  lanes = Vec16{};  // two passes: the one-pass formula cancels badly when |mean| >> std
-  for (int i = 0; i < body; i += kLanes) {
-    const Vec16 c = load16(x + i) - m;
-    lanes += c * c;
+  float m[R], s[R];
+  Vec16 lanes[R] = {};
+  for (int i = 0; i < body; i += kLanes)
+    for (int r = 0; r < R; r++) lanes[r] += load16(x + r * n + i);
+  for (int r = 0; r < R; r++) {
+    m[r] = lanes_sum(lanes[r]);
+    for (int i = body; i < n; i++) m[r] += x[r * n + i];
+    m[r] /= float(n);
+    lanes[r] = Vec16{};  // two passes: the one-pass formula cancels badly when |mean| >> std
   }
-  float v = lanes_sum(lanes);
-  for (int i = body; i < n; i++) v += (x[i] - m) * (x[i] - m);
-  v /= float(n);
-  const float s = 1.0f / std::sqrt(v + eps);
+  for (int i = 0; i < body; i += kLanes)
+    for (int r = 0; r < R; r++) {
+      const Vec16 c = load16(x + r * n + i) - m[r];
+      lanes[r] += c * c;
+    }
+  for (int r = 0; r < R; r++) {
+    float v = lanes_sum(lanes[r]);
+    for (int i = body; i < n; i++) v += (x[r * n + i] - m[r]) * (x[r * n + i] - m[r]);
+    v /= float(n);
+    s[r] = 1.0f / std::sqrt(v + eps);
+  }
+  for (int r = 0; r < R; r++) {
+    const float* xr = x + r * n;
+    float* o = out + r * n;
+    const float mr = m[r], sr = s[r];
 #pragma omp simd
-  for (int i = 0; i < n; i++) out[i] = (x[i] - m) * s * weight[i] + bias[i];
-  mean = m;
-  rstd = s;
+    for (int i = 0; i < n; i++) o[i] = (xr[i] - mr) * sr * weight[i] + bias[i];
+    mean[r] = mr;
+    rstd[r] = sr;
+  }
+}
+
+constexpr int kRowsAtOnce = 4;
+
+// Rows first .. first + count (count <= kRowsAtOnce) of x (rows, n).
+static void normalize_block(float* out, float* mean, float* rstd, const float* x, const float* weight,
+                            const float* bias, int64_t first, int64_t count, int n, float eps) {
+  out += first * n, x += first * n, mean += first, rstd += first;
+  if (count == kRowsAtOnce) return normalize_rows<kRowsAtOnce>(out, mean, rstd, x, weight, bias, n, eps);
+  for (int64_t r = 0; r < count; r++)
+    normalize_rows<1>(out + r * n, mean + r, rstd + r, x + r * n, weight, bias, n, eps);
 }
 
 void layernorm_forward(float* out, float* mean, float* rstd, const float* x, const float* weight,
                        const float* bias, int64_t rows, int n, float eps) {
-  parallel_for(rows, use_threads(rows * n, 1 << 14), [&](int64_t r) {
-    normalize_row(out + r * n, mean[r], rstd[r], x + r * n, weight, bias, n, eps);
+  const int64_t blocks = (rows + kRowsAtOnce - 1) / kRowsAtOnce;
+  parallel_for(blocks, use_threads(rows * n, 1 << 14), [&](int64_t blk) {
+    const int64_t first = blk * kRowsAtOnce;
+    normalize_block(out, mean, rstd, x, weight, bias, first, std::min<int64_t>(kRowsAtOnce, rows - first), n, eps);
   });
 }
 
 void add_layernorm_forward(float* out, float* sum, float* mean, float* rstd, const float* x, const float* r,
                            const float* weight, const float* bias, int64_t rows, int n, float eps) {
-  parallel_for(rows, use_threads(rows * n, 1 << 14), [&](int64_t row) {
-    float* s = sum + row * n;
+  const int64_t blocks = (rows + kRowsAtOnce - 1) / kRowsAtOnce;
+  parallel_for(blocks, use_threads(rows * n, 1 << 14), [&](int64_t blk) {
+    const int64_t first = blk * kRowsAtOnce, count = std::min<int64_t>(kRowsAtOnce, rows - first);
+    float* s = sum + first * n;
 #pragma omp simd
-    for (int i = 0; i < n; i++) s[i] = x[row * n + i] + r[row * n + i];
-    normalize_row(out + row * n, mean[row], rstd[row], s, weight, bias, n, eps);
+    for (int64_t i = 0; i < count * n; i++) s[i] = x[first * n + i] + r[first * n + i];
+    normalize_block(out, mean, rstd, sum, weight, bias, first, count, n, eps);
   });
 }
 
