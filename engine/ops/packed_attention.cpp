@@ -47,10 +47,11 @@ static void attend_short(float* ctx, const float* q, const float* kx, const floa
     for (int64_t j = 0; j < m; j++) Kt[c * mp + j] = kx[j * d + c];
     for (int64_t j = m; j < mp; j++) Kt[c * mp + j] = 0.0f;
   }
-  for (int64_t j = 0; j < m; j++) {
-    std::copy_n(vx + j * d, k, Vp + j * kp);
-    std::fill(Vp + j * kp + k, Vp + (j + 1) * kp, 0.0f);
-  }
+  for (int64_t j = 0; j < m; j++)
+    for (int b = 0; b < KB; b++) {
+      const int cols = int(std::clamp<int64_t>(k - b * kLanes, 0, kLanes));
+      store16(Vp + j * kp + b * kLanes, load_first(vx + j * d + b * kLanes, cols));
+    }
   Vec16 lane;  // 0, 1, ..., 15
   for (int i = 0; i < kLanes; i++) lane[i] = float(i);
   const Vec16 minus_inf = Vec16{} - std::numeric_limits<float>::infinity();
@@ -74,7 +75,9 @@ static void attend_short(float* ctx, const float* q, const float* kx, const floa
       // sum leaves it out, and the products below never reach it.
       s[r][MB - 1] = lane < keys_in_last ? s[r][MB - 1] : Vec16{} + row_max;
       for (int b = 0; b < MB; b++) store16(p[r] + b * kLanes, s[r][b] - row_max);
-      vexp_in_place(p[r], mp);
+    }
+    vexp_in_place(p[0], kRowsAtOnce * mp);  // the rows in flight in one call: they are contiguous
+    for (int r = 0; r < kRowsAtOnce; r++) {
       const Vec16 last = load16(p[r] + (MB - 1) * kLanes);
       Vec16 sum = lane < keys_in_last ? last : Vec16{};
       for (int b = 0; b + 1 < MB; b++) sum += load16(p[r] + b * kLanes);
@@ -87,11 +90,10 @@ static void attend_short(float* ctx, const float* q, const float* kx, const floa
         const Vec16 vj = load16(Vp + j * kp + b * kLanes);
         for (int r = 0; r < kRowsAtOnce; r++) o[r][b] += p[r][j] * vj;
       }
-    for (int64_t r = 0; r < std::min<int64_t>(kRowsAtOnce, n - i0); r++) {
-      alignas(64) float out[kp];
-      for (int b = 0; b < KB; b++) store16(out + b * kLanes, o[r][b] * inv_sum[r]);
-      std::copy_n(out, k, ctx + (i0 + r) * d);
-    }
+    for (int64_t r = 0; r < std::min<int64_t>(kRowsAtOnce, n - i0); r++)
+      for (int b = 0; b < KB; b++)
+        store_first(ctx + (i0 + r) * d + b * kLanes, o[r][b] * inv_sum[r],
+                    int(std::clamp<int64_t>(k - b * kLanes, 0, kLanes)));
   }
 }
 
