@@ -67,6 +67,12 @@ namespace {
 using MicroKernel = void (*)(int kc, const float* a, const float* b, float* c,
                              int64_t ldc, int m, int n, float alpha, float beta);
 
+// The same tile with A read where it is stored, not packed: row r of the
+// tile is a + r * lda, its k-th value a[r * lda + k] (A not transposed).
+using MicroKernelDirect = void (*)(int kc, const float* a, int64_t lda,
+                                   const float* b, float* c, int64_t ldc,
+                                   int m, int n, float alpha, float beta);
+
 // Packs op(A)[0:mc, 0:kc] (A already offset to the block's first element)
 // into ceil(mc/MR) micro-panels of kc x MR, zero-padding the last one.
 using PackA = void (*)(bool trans, const float* A, int64_t lda, int mc, int kc,
@@ -83,6 +89,7 @@ struct Kernel {
   PackA pack_a;
   PackB pack_b;
   bool (*supported)();
+  MicroKernelDirect micro_direct = nullptr;  // where the kernel has one
 };
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
@@ -271,10 +278,12 @@ bool avx2_supported() {
 // ---------------------------------------------------------------------------
 constexpr int kAvx512MR = 14, kAvx512NR = 32;
 
-template <int ROWS, int NV>
+// DIRECT: A is read where it is stored (row r at a + r * lda) instead of
+// from a packed micro-panel; the arithmetic is the same.
+template <int ROWS, int NV, bool DIRECT = false>
 __attribute__((target("avx512f"))) void micro_avx512_tile(
-    int kc, const float* a, const float* b, float* c, int64_t ldc, int n,
-    float alpha, float beta) {
+    int kc, const float* a, int64_t lda, const float* b, float* c,
+    int64_t ldc, int n, float alpha, float beta) {
   __m512 acc[ROWS][NV];
 #pragma GCC unroll 16
   for (int r = 0; r < ROWS; ++r) {
@@ -294,12 +303,12 @@ __attribute__((target("avx512f"))) void micro_avx512_tile(
     for (int v = 0; v < NV; ++v) bv[v] = _mm512_load_ps(b + 16 * v);
 #pragma GCC unroll 16
     for (int r = 0; r < ROWS; ++r) {
-      const __m512 ar = _mm512_set1_ps(a[r]);
+      const __m512 ar = _mm512_set1_ps(DIRECT ? a[r * lda] : a[r]);
 #pragma GCC unroll 2
       for (int v = 0; v < NV; ++v)
         acc[r][v] = _mm512_fmadd_ps(ar, bv[v], acc[r][v]);
     }
-    a += kAvx512MR;
+    a += DIRECT ? 1 : kAvx512MR;
     b += kAvx512NR;
   }
   // Column masks: all 16 lanes for full vectors, the first n % 16 otherwise.
@@ -330,21 +339,29 @@ __attribute__((target("avx512f"))) void micro_avx512_tile(
   }
 }
 
-using TileFn = void (*)(int, const float*, const float*, float*, int64_t, int,
-                        float, float);
-template <std::size_t... I>
+using TileFn = void (*)(int, const float*, int64_t, const float*, float*,
+                        int64_t, int, float, float);
+template <bool DIRECT, std::size_t... I>
 constexpr auto make_avx512_table(std::index_sequence<I...>) {
   // [rows - 1][column vectors - 1]
   return std::array<std::array<TileFn, 2>, sizeof...(I)>{
-      {{{&micro_avx512_tile<int(I) + 1, 1>,
-         &micro_avx512_tile<int(I) + 1, 2>}}...}};
+      {{{&micro_avx512_tile<int(I) + 1, 1, DIRECT>,
+         &micro_avx512_tile<int(I) + 1, 2, DIRECT>}}...}};
 }
 constexpr auto kAvx512Table =
-    make_avx512_table(std::make_index_sequence<kAvx512MR>{});
+    make_avx512_table<false>(std::make_index_sequence<kAvx512MR>{});
+constexpr auto kAvx512DirectTable =
+    make_avx512_table<true>(std::make_index_sequence<kAvx512MR>{});
 
 void micro_avx512(int kc, const float* a, const float* b, float* c,
                   int64_t ldc, int m, int n, float alpha, float beta) {
-  kAvx512Table[m - 1][n > 16](kc, a, b, c, ldc, n, alpha, beta);
+  kAvx512Table[m - 1][n > 16](kc, a, 0, b, c, ldc, n, alpha, beta);
+}
+
+void micro_avx512_direct(int kc, const float* a, int64_t lda, const float* b,
+                         float* c, int64_t ldc, int m, int n, float alpha,
+                         float beta) {
+  kAvx512DirectTable[m - 1][n > 16](kc, a, lda, b, c, ldc, n, alpha, beta);
 }
 
 // AVX-512 packing. The transposing cases (A not transposed, B transposed:
@@ -488,7 +505,7 @@ const Kernel kKernels[] = {
 #if ST_GEMM_X86
     {"avx512", kAvx512MR, kAvx512NR, /*MC=*/ST_GEMM_MC, /*KC=*/ST_GEMM_KC, /*NC=*/ST_GEMM_NC,
      micro_avx512, pack_a_avx512, pack_b_avx512,
-     avx512_supported},
+     avx512_supported, micro_avx512_direct},
     {"avx2", kAvx2MR, kAvx2NR, /*MC=*/144, /*KC=*/256, /*NC=*/3072,
      micro_avx2, pack_a_generic<kAvx2MR>, pack_b_generic<kAvx2NR>,
      avx2_supported},
@@ -619,6 +636,12 @@ inline void barrier(int nth) {
 // Body run by each of the nth threads (tid = 0..nth-1). split_m: threads
 // share the rows of C (and the whole packed B panel); otherwise they share
 // the NR micro-panels of each B panel and do all rows.
+// Up to this many columns of C a product reads A unpacked (gemm_thread).
+#ifndef ST_GEMM_DIRECT_A_MAX_N
+#define ST_GEMM_DIRECT_A_MAX_N 128
+#endif
+constexpr int kDirectAMaxN = ST_GEMM_DIRECT_A_MAX_N;
+
 // packed_b: op(B) already packed (PrepackedWeights, one K and N block), or
 // nullptr to pack it here.
 void gemm_thread(const Kernel& kr, const Problem& p, float* bpack,
@@ -637,6 +660,14 @@ void gemm_thread(const Kernel& kr, const Problem& p, float* bpack,
   // wait for each other, so one may pack the (shorter) last K block while
   // another still reads the previous one; fixed slots keep them disjoint.
   const int64_t panel_stride = int64_t(NR) * kc_block;
+
+  // A narrow product reads A where it is stored: packing A costs as much
+  // as a few column panels' worth of multiplying, and a narrow B has few
+  // panels to spread that over (N = 64: two). The rows of A are contiguous
+  // in k only when A is not transposed; one K block keeps each A row's
+  // reads within a few cache lines per panel.
+  const bool direct_a = kr.micro_direct && !p.ta && k_blocks == 1 &&
+                        p.N <= kDirectAMaxN;
 
   // This thread's rows [i_begin, i_end), in whole MR tiles.
   const int m_tiles = (p.M + MR - 1) / MR;
@@ -668,15 +699,21 @@ void gemm_thread(const Kernel& kr, const Problem& p, float* bpack,
       if (jp1 > jp0) {
         for (int ic = i_begin; ic < i_end; ic += kr.MC) {
           const int mc = std::min(kr.MC, i_end - ic);
-          kr.pack_a(p.ta, p.a_at(ic, pc), p.lda, mc, kc, apack);
+          if (!direct_a) kr.pack_a(p.ta, p.a_at(ic, pc), p.lda, mc, kc, apack);
           for (int jp = jp0; jp < jp1; ++jp) {
             const int j = jp * NR;
             const int n = std::min(NR, nc - j);
             const float* bp = panel + int64_t(jp) * panel_stride;
             float* c = p.C + int64_t(ic) * p.ldc + jc + j;
-            for (int ir = 0; ir < mc; ir += MR)
-              kr.micro(kc, apack + int64_t(ir) * kc, bp, c + ir * p.ldc,
-                       p.ldc, std::min(MR, mc - ir), n, p.alpha, beta);
+            for (int ir = 0; ir < mc; ir += MR) {
+              const int m = std::min(MR, mc - ir);
+              if (direct_a)
+                kr.micro_direct(kc, p.a_at(ic + ir, pc), p.lda, bp,
+                                c + ir * p.ldc, p.ldc, m, n, p.alpha, beta);
+              else
+                kr.micro(kc, apack + int64_t(ir) * kc, bp, c + ir * p.ldc,
+                         p.ldc, m, n, p.alpha, beta);
+            }
           }
         }
       }
