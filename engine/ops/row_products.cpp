@@ -2,6 +2,8 @@
 #include "engine/ops/row_products.h"
 
 #include <algorithm>
+#include <array>
+#include <utility>
 
 namespace st::cpu::rows {
 
@@ -48,25 +50,28 @@ void rows_times_columns(float* y, int64_t ld_y, const float* x, int64_t ld_x, co
 using StepKernel = void (*)(float*, int64_t, const float*, int64_t, const float*, int64_t, const Inputs&,
                             const Columns&, const Vec16*, float);
 
-// The inner step for R rows (1..4) and V vectors (1..4).
-StepKernel step_kernel(int64_t R, int V) {
-  static const StepKernel by_size[kRows][kVectors] = {
-      {rows_times_columns<1, 1>, rows_times_columns<1, 2>, rows_times_columns<1, 3>, rows_times_columns<1, 4>},
-      {rows_times_columns<2, 1>, rows_times_columns<2, 2>, rows_times_columns<2, 3>, rows_times_columns<2, 4>},
-      {rows_times_columns<3, 1>, rows_times_columns<3, 2>, rows_times_columns<3, 3>, rows_times_columns<3, 4>},
-      {rows_times_columns<4, 1>, rows_times_columns<4, 2>, rows_times_columns<4, 3>, rows_times_columns<4, 4>},
-  };
-  return by_size[R - 1][V - 1];
+// The inner step for R rows and V vectors (R x V <= 16 sums in registers).
+template <int... R>
+constexpr auto make_step_table(std::integer_sequence<int, R...>) {
+  using Row = std::array<StepKernel, kVectors>;
+  return std::array<Row, sizeof...(R)>{
+      {Row{rows_times_columns<R + 1, 1>, rows_times_columns<R + 1, 2>,
+           R < kRows ? rows_times_columns<std::min(R + 1, kRows), 3> : nullptr,
+           R < kRows ? rows_times_columns<std::min(R + 1, kRows), 4> : nullptr}...}};
 }
+constexpr auto kSteps = make_step_table(std::make_integer_sequence<int, kMaxRows>{});
+
+StepKernel step_kernel(int64_t R, int V) { return kSteps[size_t(R - 1)][size_t(V - 1)]; }
 
 }  // namespace
 
-// The steps over rows begin .. end, kRows at a time, the last block smaller.
+// The steps over rows begin .. end, rows_at_once(V) at a time, the last block smaller.
 
 void over_rows(int64_t begin, int64_t end, float* y, int64_t ld_y, const float* x, int64_t ld_x, const float* Wt,
                int64_t ld_wt, const Inputs& in, const Columns& cols, int V, const Vec16* init, float scale) {
-  for (int64_t r = begin; r < end; r += kRows) {
-    const int64_t R = std::min<int64_t>(kRows, end - r);
+  const int64_t at_once = rows_at_once(V);
+  for (int64_t r = begin; r < end; r += at_once) {
+    const int64_t R = std::min<int64_t>(at_once, end - r);
     step_kernel(R, V)(y + r * ld_y, ld_y, x + r * ld_x, ld_x, Wt, ld_wt, in, cols, init, scale);
   }
 }

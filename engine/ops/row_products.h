@@ -5,8 +5,8 @@
 //
 // y[r, cols] = (init + x[r, inputs] . Wt[inputs, cols]) * scale, with Wt the
 // weights transposed (inputs, outputs) so that a row of it is contiguous
-// across output columns. A step takes R rows of x (up to 4) and V vectors
-// of 16 output columns (up to 4): R x V independent sums in vector
+// across output columns. A step takes R rows of x (up to 8) and V vectors
+// of 16 output columns (up to 4), R x V <= 16: R x V independent sums in vector
 // registers, each weight vector loaded once and used for R rows, each x
 // value broadcast once and used for V vectors. With 16 sums in flight the
 // FMAs overlap instead of waiting on one another.
@@ -18,7 +18,12 @@
 namespace st::cpu::rows {
 
 constexpr int kMaxInputs = 256;         // the widest x the callers accept
-constexpr int kRows = 4, kVectors = 4;  // a step's largest R and V
+constexpr int kRows = 4, kVectors = 4;  // a step's largest R and V together
+// With one or two vectors of columns (a single kept head) four rows would
+// leave four or eight sums in flight, too few to keep the FMA units busy:
+// such steps take eight rows.
+constexpr int kMaxRows = 8;
+inline int rows_at_once(int V) { return V <= 2 ? kMaxRows : kRows; }
 
 inline int blocks(int64_t n) { return int((n + kLanes - 1) / kLanes); }
 
@@ -45,7 +50,7 @@ struct Columns {
 // the same columns of Wt and of y.
 Columns dense_columns(int v0, int V, int64_t n_out);
 
-// The steps over rows begin .. end of x (stride ld_x) into y (stride ld_y), kRows at a time,
+// The steps over rows begin .. end of x (stride ld_x) into y (stride ld_y), rows_at_once(V) at a time,
 // the last block smaller; init: V vectors (a bias, or zeros).
 void over_rows(int64_t begin, int64_t end, float* y, int64_t ld_y, const float* x, int64_t ld_x, const float* Wt,
                int64_t ld_wt, const Inputs& in, const Columns& cols, int V, const Vec16* init, float scale);
