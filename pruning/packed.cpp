@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <exception>
+#include <iterator>
 #include <optional>
 #include <unordered_map>
 
@@ -540,15 +541,16 @@ PackedMeter::Pass PackedMeter::pass(const Tensor& ids, const Tensor& mask, const
   for (const std::exception_ptr& e : errors)
     if (e) std::rethrow_exception(e);
 
-  Pass whole = parts[0];
-  std::vector<Tensor> cls{parts[0].cls};
+  // Moved, not copied: a pass's counts and kept positions are a few small vectors per example.
+  Pass whole = std::move(parts[0]);
+  std::vector<Tensor> cls{whole.cls};
   for (size_t part = 1; part < parts.size(); part++) {
-    const Pass& p = parts[part];
+    Pass& p = parts[part];
     cls.push_back(p.cls);
-    whole.counts.insert(whole.counts.end(), p.counts.begin(), p.counts.end());
+    std::move(p.counts.begin(), p.counts.end(), std::back_inserter(whole.counts));
     for (size_t site = 0; site < whole.kept.size(); site++) {
       auto& positions = whole.kept[site].positions;
-      positions.insert(positions.end(), p.kept[site].positions.begin(), p.kept[site].positions.end());
+      std::move(p.kept[site].positions.begin(), p.kept[site].positions.end(), std::back_inserter(positions));
     }
   }
   whole.cls = concat(cls, 0);
@@ -625,8 +627,8 @@ PackedOutput PackedMeter::run(Task task, const Tensor& ids, const Tensor& mask, 
   out.flops.assign(size_t(B), 0.0);
   Pass first = pass(ids, mask, image, 1, opt, out.flops);
   out.cls = first.cls;
-  out.counts = first.counts;
-  out.kept = first.kept;
+  out.counts = std::move(first.counts);
+  out.kept = std::move(first.kept);
   const Segments each = even_segments(B);
   auto head = [&](const Linear& lin, const Tensor& x) { return linear_rows(x, lin, each, out.flops); };
   auto classifier = [&](const Classifier& c, const Tensor& x) {
@@ -656,8 +658,8 @@ PackedOutput PackedMeter::run(Task task, const Tensor& ids, const Tensor& mask, 
       if (!image2.defined() || image2.shape() != image.shape())
         throw ShapeError("packed METER: NLVR2 needs a second image batch shaped like the first");
       Pass second = pass(ids, mask, image2, 2, opt, out.flops);
-      out.counts.insert(out.counts.end(), second.counts.begin(), second.counts.end());
-      out.kept.insert(out.kept.end(), second.kept.begin(), second.kept.end());
+      std::move(second.counts.begin(), second.counts.end(), std::back_inserter(out.counts));
+      std::move(second.kept.begin(), second.kept.end(), std::back_inserter(out.kept));
       out.logits = classifier(m_.nlvr2_, concat({first.cls, second.cls}, -1));
       break;
     }
