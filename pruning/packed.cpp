@@ -226,8 +226,8 @@ Tensor packed_attention(const Attention& attention, const Tensor& x, const Segme
   } else if (by_rows) {
     cpu::HeadWeights made;
     auto into = [&](const float* W, const float* bias) -> const cpu::HeadWeights& {
-      const cpu::HeadWeights* p = prepared ? prepared->head_weights(W) : nullptr;
-      return p ? *p : (made = cpu::into_heads_weights(W, bias, int(H), int(k), int(d)));
+      if (const cpu::HeadWeights* p = prepared ? prepared->head_weights(W) : nullptr) return *p;
+      return made = cpu::into_heads_weights(W, bias, int(H), int(k), int(d));
     };
     cpu::project_into_heads(q.data(), x.data(), into(w.wq, w.bq), scale, q_at.ints(), keep.data(), int(B));
     cpu::project_into_heads(kk.data(), memory.data(), into(w.wk, w.bk), 1.0f, k_at.ints(), keep.data(), int(B));
@@ -262,8 +262,9 @@ Tensor packed_attention(const Attention& attention, const Tensor& x, const Segme
   } else if (by_rows) {
     out = Tensor::empty({qs.total(), d}, DType::F32, dev);
     const cpu::HeadWeights* p = prepared ? prepared->head_weights(w.wo) : nullptr;
-    cpu::project_out_of_heads(out.data(), ctx.data(), p ? *p : cpu::out_of_heads_weights(w.wo, w.bo, int(H), int(k), int(d)),
-                              q_at.ints(), keep.data(), int(B));
+    cpu::HeadWeights made;  // (a conditional of *p and a new one would copy *p)
+    if (!p) made = cpu::out_of_heads_weights(w.wo, w.bo, int(H), int(k), int(d)), p = &made;
+    cpu::project_out_of_heads(out.data(), ctx.data(), *p, q_at.ints(), keep.data(), int(B));
   } else {
     // Head by head: the rows that keep h read ctx's columns of h and W_o's
     // columns of h. The heads run one after another (they add into the same rows).
