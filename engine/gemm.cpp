@@ -633,15 +633,24 @@ inline void barrier(int nth) {
   }
 }
 
-// Body run by each of the nth threads (tid = 0..nth-1). split_m: threads
-// share the rows of C (and the whole packed B panel); otherwise they share
-// the NR micro-panels of each B panel and do all rows.
 // Up to this many columns of C a product reads A unpacked (gemm_thread).
 #ifndef ST_GEMM_DIRECT_A_MAX_N
 #define ST_GEMM_DIRECT_A_MAX_N 128
 #endif
 constexpr int kDirectAMaxN = ST_GEMM_DIRECT_A_MAX_N;
 
+// K is cut into equal blocks of at most KC (K = 768 with KC = 512 gives
+// 2 x 384, not 512 + 256): a short last block would pay the full cost of
+// reading and writing C for little work. Returns the block length, rounded
+// up to 8; a packed B micro-panel is NR x this long (PrepackedWeights too).
+int k_block_size(int K, int KC) {
+  const int k_blocks = (K + KC - 1) / KC;
+  return int(round_up((K + k_blocks - 1) / k_blocks, 8));
+}
+
+// Body run by each of the nth threads (tid = 0..nth-1). split_m: threads
+// share the rows of C (and the whole packed B panel); otherwise they share
+// the NR micro-panels of each B panel and do all rows.
 // packed_b: op(B) already packed (PrepackedWeights, one K and N block), or
 // nullptr to pack it here.
 void gemm_thread(const Kernel& kr, const Problem& p, float* bpack,
@@ -650,11 +659,8 @@ void gemm_thread(const Kernel& kr, const Problem& p, float* bpack,
   float* apack = tls_pack_a.get(
       std::size_t(round_up(std::min(kr.MC, p.M), MR)) * kr.KC);
 
-  // K is cut into equal blocks of at most KC (K = 768 with KC = 512 gives
-  // 2 x 384, not 512 + 256): a short last block would pay the full cost of
-  // reading and writing C for little work.
   const int k_blocks = (p.K + kr.KC - 1) / kr.KC;
-  const int kc_block = int(round_up((p.K + k_blocks - 1) / k_blocks, 8));
+  const int kc_block = k_block_size(p.K, kr.KC);
   // Micro-panel j of the packed B panel starts at j * panel_stride, sized
   // for the largest kc: with the split over micro-panels, threads do not
   // wait for each other, so one may pack the (shorter) last K block while
@@ -790,7 +796,7 @@ void PrepackedWeights::add(const float* B, int K, int N, int ldb) {
   if (K <= 0 || N <= 0 || K > kr.KC || N > kr.NC || find(B, true, K, N, ldb)) return;
   auto m = std::make_unique<Matrix>();
   m->B = B, m->K = K, m->N = N, m->ldb = ldb, m->kernel = &kr;
-  const int64_t panel_stride = int64_t(kr.NR) * round_up(K, 8);  // gemm_thread's kc_block for one block
+  const int64_t panel_stride = int64_t(kr.NR) * k_block_size(K, kr.KC);  // K <= KC: one block
   const int64_t n_panels = (N + kr.NR - 1) / kr.NR;
   const size_t bytes = size_t(round_up(n_panels * panel_stride * int64_t(sizeof(float)), 64));
   m->panels.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));

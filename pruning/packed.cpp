@@ -24,10 +24,6 @@ namespace st {
 struct PackedMeter::Prepared {
   PrepackedWeights gemm;
   std::unordered_map<const float*, cpu::HeadWeights> heads;
-  const cpu::HeadWeights* head_weights(const float* W) const {
-    const auto it = heads.find(W);
-    return it == heads.end() ? nullptr : &it->second;
-  }
 };
 using Prepared = PackedMeter::Prepared;
 
@@ -188,8 +184,17 @@ void project_rows(const Tensor& x, const Tensor& rows, const float* W, const flo
 // projections row by row instead (engine/ops/head_projection.h): the same
 // products, without gathering and scattering rows. Every example is charged
 // for exactly the work done for it.
-// prepared: the weights laid out for the row-by-row projections, if made
-// (else they are transposed here, for this call).
+// W laid out for the row-by-row projections: prepared's copy, or one that
+// make() fills into `made` for this call.
+template <class Make>
+const cpu::HeadWeights& head_weights(const Prepared* prepared, const float* W, cpu::HeadWeights& made,
+                                     const Make& make) {
+  if (prepared)
+    if (const auto it = prepared->heads.find(W); it != prepared->heads.end()) return it->second;
+  return made = make();
+}
+
+// prepared: the weights laid out for the row-by-row projections, if made.
 Tensor packed_attention(const Attention& attention, const Tensor& x, const Segments& qs, const Tensor& memory,
                         const Segments& ks, const Tensor& head_keep, const Prepared* prepared, Flops& flops) {
   const AttentionWeights w = weights_of(attention);
@@ -226,8 +231,7 @@ Tensor packed_attention(const Attention& attention, const Tensor& x, const Segme
   } else if (by_rows) {
     cpu::HeadWeights made;
     auto into = [&](const float* W, const float* bias) -> const cpu::HeadWeights& {
-      if (const cpu::HeadWeights* p = prepared ? prepared->head_weights(W) : nullptr) return *p;
-      return made = cpu::into_heads_weights(W, bias, int(H), int(k), int(d));
+      return head_weights(prepared, W, made, [&] { return cpu::into_heads_weights(W, bias, int(H), int(k), int(d)); });
     };
     cpu::project_into_heads(q.data(), x.data(), into(w.wq, w.bq), scale, q_at.ints(), keep.data(), int(B));
     cpu::project_into_heads(kk.data(), memory.data(), into(w.wk, w.bk), 1.0f, k_at.ints(), keep.data(), int(B));
@@ -261,10 +265,11 @@ Tensor packed_attention(const Attention& attention, const Tensor& x, const Segme
     project(ctx, w.wo, w.bo, 1.0f, out);
   } else if (by_rows) {
     out = Tensor::empty({qs.total(), d}, DType::F32, dev);
-    const cpu::HeadWeights* p = prepared ? prepared->head_weights(w.wo) : nullptr;
-    cpu::HeadWeights made;  // (a conditional of *p and a new one would copy *p)
-    if (!p) made = cpu::out_of_heads_weights(w.wo, w.bo, int(H), int(k), int(d)), p = &made;
-    cpu::project_out_of_heads(out.data(), ctx.data(), *p, q_at.ints(), keep.data(), int(B));
+    cpu::HeadWeights made;
+    const cpu::HeadWeights& wo = head_weights(prepared, w.wo, made, [&] {
+      return cpu::out_of_heads_weights(w.wo, w.bo, int(H), int(k), int(d));
+    });
+    cpu::project_out_of_heads(out.data(), ctx.data(), wo, q_at.ints(), keep.data(), int(B));
   } else {
     // Head by head: the rows that keep h read ctx's columns of h and W_o's
     // columns of h. The heads run one after another (they add into the same rows).
@@ -563,10 +568,6 @@ PackedMeter::Pass PackedMeter::pass(const Tensor& ids, const Tensor& mask, const
 
 namespace {
 
-bool ends_with(const std::string& s, const std::string& end) {
-  return s.size() >= end.size() && s.compare(s.size() - end.size(), end.size(), end) == 0;
-}
-
 // GEMM panels: every matrix parameter as the W of x W^T (a linear layer's
 // (out, in) weight; the patch embedding's (width, 3, p, p) as
 // (width, 3 p p)), and the row and column blocks that the passes multiply
@@ -578,9 +579,9 @@ void prepack_gemm_weights(const Meter& m, PrepackedWeights& w) {
     const int N = int(t->dim(0)), K = int(t->numel() / t->dim(0));
     const float* W = t->data();
     w.add(W, K, N, K);
-    if (ends_with(name, "in_proj_weight"))
+    if (name.ends_with("in_proj_weight"))
       for (int part = 0; part < 3; part++) w.add(W + int64_t(part) * (N / 3) * K, K, N / 3, K);
-    if (name.rfind("smarttrim.", 0) == 0 && ends_with(name, ".mlp1.weight"))
+    if (name.starts_with("smarttrim.") && name.ends_with(".mlp1.weight"))
       for (int block = 0; block < K / N; block++) w.add(W + int64_t(block) * N, N, N, K);
   }
 }

@@ -18,7 +18,7 @@
 namespace st::cpu::rows {
 
 constexpr int kMaxInputs = 256;         // the widest x the callers accept
-constexpr int kRows = 4, kVectors = 4;  // a step's largest R and V together
+constexpr int kRows = 4, kVectors = 4;  // a step's largest V, and its largest R when V > 2
 // With one or two vectors of columns (a single kept head) four rows would
 // leave four or eight sums in flight, too few to keep the FMA units busy:
 // such steps take eight rows.

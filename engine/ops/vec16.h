@@ -27,7 +27,7 @@ inline void store16(float* p, Vec16 v) { std::memcpy(p, &v, sizeof v); }
 
 // The first n (0 <= n <= 16) floats at p, the other lanes 0; touches only
 // p[0 .. n). With AVX-512 one masked load (masked-off lanes cannot fault);
-// else a copy through a zeroed buffer. A call to memcpy for a row of a
+// else a loop over the n floats. A call to memcpy for a row of a
 // small head (10 to 16 floats) took longer than the arithmetic on it.
 inline Vec16 load_first(const float* p, int n) {
 #if defined(__AVX512F__)
