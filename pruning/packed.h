@@ -68,6 +68,9 @@ class PackedMeter {
  public:
   explicit PackedMeter(const Meter& model);
   const Meter& model() const { return m_; }
+  // Whether the weights were laid out once, when this was made (a small
+  // model on the CPU; see above): if so, it computes with them as they were then.
+  bool weights_prepared() const { return prepared_ != nullptr; }
 
   struct Options {
     float token_threshold = 0;  // theta: keep a token iff its logit > theta

@@ -25,12 +25,16 @@ TEST_CASE("packed: masked and packed passes agree, and the executed FLOPs equal 
   // The shipped placement, the plain model, and variants that exercise the
   // other code paths: text-encoder trimmers, trimmers without cross-modal
   // guidance, and co-attention heads of 40 columns, past the row-by-row head
-  // projections' sizes (engine/ops/head_projection.h), so one GEMM per head.
+  // projections' sizes (engine/ops/head_projection.h), so one GEMM per head;
+  // and a model too large to have its weights laid out once (packed.h) whose
+  // heads still fit the row-by-row projections, which then lay out the
+  // weights they read at each call.
   st::MeterConfig shipped = st::load_meter_config("configs/meter-tiny-smarttrim.json");
-  st::MeterConfig text_trimmers = shipped, unguided = shipped, wide_heads = shipped;
+  st::MeterConfig text_trimmers = shipped, unguided = shipped, wide_heads = shipped, not_small = shipped;
   text_trimmers.trim.text_token_layers = {1};
   unguided.trim.cross_modal_guidance = false;
   wide_heads.hidden_size = 80, wide_heads.num_heads = 2;
+  not_small.hidden_size = 128, not_small.num_heads = 8, not_small.ffn_size = 2048, not_small.vit_image_size = 64;
   REQUIRE(st::cpu::head_projection_fits(shipped.hidden_size, shipped.hidden_size / shipped.num_heads,
                                         shipped.hidden_size));
   REQUIRE_FALSE(st::cpu::head_projection_fits(80, 40, 80));
@@ -39,7 +43,8 @@ TEST_CASE("packed: masked and packed passes agree, and the executed FLOPs equal 
       {"meter-tiny", st::load_meter_config("configs/meter-tiny.json")},
       {"with text-encoder trimmers", text_trimmers},
       {"without cross-modal guidance", unguided},
-      {"with heads of 40 columns", wide_heads}};
+      {"with heads of 40 columns", wide_heads},
+      {"too large to lay out its weights once", not_small}};
   for (const auto& [name, c] : configs) {
     INFO(name);
     st::Meter model(c, 21);
@@ -49,6 +54,9 @@ TEST_CASE("packed: masked and packed passes agree, and the executed FLOPs equal 
     st::TrimOptions trim;  // noise off, theta 0
     st::NoGrad no_grad;
     st::PackedMeter packed(model);
+    CHECK(packed.weights_prepared() == (name != std::string("too large to lay out its weights once")));
+    if (!packed.weights_prepared())
+      REQUIRE(st::cpu::head_projection_fits(c.hidden_size, c.hidden_size / c.num_heads, c.hidden_size));
     for (st::Task task : {st::Task::VQA, st::Task::NLVR2}) {
       const bool nlvr2 = task == st::Task::NLVR2;
       st::MeterFeatures f1 = model.forward(b.ids, b.mask, b.image, eval, 1, &trim);
