@@ -29,15 +29,19 @@ inline float vexp(float x) { return ::expf(x); }
 // rows are short (the demo's questions have about 8 tokens, its images 37,
 // fewer once trimmed): most of such a row would be that remainder. It is
 // done instead as one more whole vector, over a copy padded with zeros.
+// simdlen(16): GCC would pick 8 floats (it prefers 256-bit vectors even
+// with AVX-512); at AVX-512 this calls libmvec's 16-float expf instead,
+// which gives the same bits as its 8-float one for every float (checked
+// exhaustively) and is faster (0.23 against 0.32 ns per element here).
 inline void vexp_in_place(float* x, int64_t n) {
   constexpr int64_t kWidth = 16;  // floats per libmvec call at AVX-512 (a multiple of the narrower ISAs')
   const int64_t body = n - n % kWidth;
-#pragma omp simd
+#pragma omp simd simdlen(16)
   for (int64_t j = 0; j < body; j++) x[j] = vexp(x[j]);
   if (body == n) return;
   alignas(64) float tail[kWidth] = {};
   for (int64_t j = body; j < n; j++) tail[j - body] = x[j];
-#pragma omp simd
+#pragma omp simd simdlen(16)
   for (int64_t j = 0; j < kWidth; j++) tail[j] = vexp(tail[j]);
   for (int64_t j = body; j < n; j++) x[j] = tail[j - body];
 }
