@@ -2,6 +2,7 @@
 // against the same model at full capacity, side by side in one run.
 //
 //   build/bench_smarttrim [--json FILE] [--reps N] [--min-seconds S] [--tiny-only] [--batch N] [--device cpu|cuda]
+//                         [--stages]
 //
 // The models are random (no trained trimmers exist here), so the keep rate
 // is set with the run-time threshold theta: for each target FLOPs ratio a
@@ -13,7 +14,10 @@
 // side anything; the plain rectangular forward is timed too, for reference.
 // Full and trimmed runs take turns, so both see the same machine load.
 // --device cuda runs everything on the GPU (TF32 GEMMs); each timed run
-// waits for the GPU to finish.
+// waits for the GPU to finish. --stages also prints, for each row, where
+// the time went stage by stage at full capacity and trimmed (the packed
+// path's StageTimes: summed over the threads that ran the pass, so on T
+// threads they add up to about T times the wall time).
 #include <omp.h>
 
 #include <algorithm>
@@ -126,6 +130,27 @@ double flops_ratio(const st::MeterConfig& c, const st::PackedOutput& out, const 
   return ratio / double(out.flops.size());
 }
 
+// Times full and trimmed runs stage by stage, taking turns as above, and
+// prints microseconds per run for each stage.
+void print_stages(int runs, const std::function<void(const st::PackedMeter::Options&)>& run,
+                  st::PackedMeter::Options full, st::PackedMeter::Options trimmed) {
+  st::StageTimes full_times, trimmed_times;
+  full.stage_times = &full_times, trimmed.stage_times = &trimmed_times;
+  for (int i = 0; i < runs; i++) run(full), run(trimmed);
+  std::printf("    %-32s %10s %10s\n", "stage (us per run, all threads)", "full", "trimmed");
+  auto seconds_of = [](const st::StageTimes& t, const std::string& stage) {
+    for (const auto& [name, s] : t.seconds)
+      if (name == stage) return s;
+    return 0.0;
+  };
+  st::StageTimes all = trimmed_times;  // every stage either side ran, in the order they ran
+  all.add(full_times);
+  for (const auto& [name, s] : all.seconds)
+    std::printf("    %-32s %10.1f %10.1f\n", name.c_str(), seconds_of(full_times, name) / runs * 1e6,
+                seconds_of(trimmed_times, name) / runs * 1e6);
+  std::printf("    %-32s %10.1f %10.1f\n", "sum", full_times.total() / runs * 1e6, trimmed_times.total() / runs * 1e6);
+}
+
 struct Row {
   std::string model;
   int batch;
@@ -140,7 +165,7 @@ int main(int argc, char** argv) {
   std::string json;
   int reps = 3;
   double min_seconds = 1.0;  // per side-by-side measurement: small models get many runs
-  bool tiny_only = false;
+  bool tiny_only = false, stages = false;
   int only_batch = 0;  // 0: every batch size
   st::Device device = st::Device::CPU;
   for (int i = 1; i < argc; i++) {
@@ -148,11 +173,12 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::max(1, std::atoi(argv[++i]));
     else if (!std::strcmp(argv[i], "--min-seconds") && i + 1 < argc) min_seconds = std::atof(argv[++i]);
     else if (!std::strcmp(argv[i], "--tiny-only")) tiny_only = true;
+    else if (!std::strcmp(argv[i], "--stages")) stages = true;
     else if (!std::strcmp(argv[i], "--batch") && i + 1 < argc) only_batch = std::atoi(argv[++i]);
     else if (st::bench::parse_device(argc, argv, i, device)) continue;
     else {
       std::fprintf(stderr, "usage: bench_smarttrim [--json FILE] [--reps N] [--min-seconds S] [--tiny-only] [--batch N]"
-                           " [--device cpu|cuda]\n");
+                           " [--device cpu|cuda] [--stages]\n");
       return 2;
     }
   }
@@ -212,11 +238,16 @@ int main(int argc, char** argv) {
             rows.push_back({name, batch, ragged, target, flops_ratio(c, out, b), mn, mx, o.token_threshold, full_s,
                             trimmed_s, plain_s});
             const Row& r = rows.back();
-            std::printf("%-20s batch %2d %-7s target %.2f: FLOPs ratio %.3f (%.2f..%.2f), full %.1f ms, trimmed %.1f ms, "
-                        "speed-up %.2fx for %.2fx fewer FLOPs (efficiency %.2f); plain forward %.1f ms\n",
+            std::printf("%-20s batch %2d %-7s target %.2f: FLOPs ratio %.3f (%.2f..%.2f), full %.3f ms, trimmed %.3f ms, "
+                        "speed-up %.2fx for %.2fx fewer FLOPs (efficiency %.2f); plain forward %.3f ms\n",
                         r.model.c_str(), r.batch, r.ragged ? "ragged" : "even", r.target, r.ratio, r.min_ratio,
                         r.max_ratio, r.full_s * 1e3, r.trimmed_s * 1e3, r.full_s / r.trimmed_s, 1.0 / r.ratio,
                         (r.full_s / r.trimmed_s) * r.ratio, r.plain_s * 1e3);
+            if (stages) {
+              // as many runs as about one second of full-capacity passes, at least reps
+              const int runs = std::max(reps, int(std::min(1000.0, 1.0 / r.full_s)));
+              print_stages(runs, packed_run, full, o);
+            }
             std::fflush(stdout);
           }
         }

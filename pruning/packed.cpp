@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <exception>
 #include <iterator>
@@ -15,6 +16,9 @@
 #include "engine/kernels.h"
 #include "engine/ops/head_projection.h"
 #include "engine/parallel.h"
+#ifdef SMARTTRIM_CUDA
+#include "cuda/runtime.h"
+#endif
 
 namespace st {
 
@@ -27,9 +31,54 @@ struct PackedMeter::Prepared {
 };
 using Prepared = PackedMeter::Prepared;
 
+void StageTimes::add(const std::string& stage, double s) {
+  for (auto& [name, total] : seconds)
+    if (name == stage) {
+      total += s;
+      return;
+    }
+  seconds.emplace_back(stage, s);
+}
+
+void StageTimes::add(const StageTimes& other) {
+  for (const auto& [name, s] : other.seconds) add(name, s);
+}
+
+double StageTimes::total() const {
+  double sum = 0;
+  for (const auto& stage : seconds) sum += stage.second;
+  return sum;
+}
+
 namespace {
 
 using Flops = std::vector<double>;
+
+// Adds the time since its last lap to a stage of `sink`, when there is one
+// (Options::stage_times); otherwise it does nothing, not even read the clock.
+// On the GPU it first waits for the work queued so far, so a stage's time
+// is the GPU's, not the host's queueing.
+class StageClock {
+ public:
+  StageClock(StageTimes* sink, Device device) : sink_(sink), device_(device), last_(sink ? now() : 0.0) {}
+  void lap(const char* stage, int layer = -1) {
+    if (!sink_) return;
+    const double t = now();
+    sink_->add(layer < 0 ? std::string(stage) : std::string(stage) + " " + std::to_string(layer), t - last_);
+    last_ = t;
+  }
+
+ private:
+  double now() const {
+#ifdef SMARTTRIM_CUDA
+    if (device_ == Device::CUDA) cuda::synchronize();
+#endif
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  }
+  StageTimes* sink_;
+  Device device_;
+  double last_;
+};
 
 // Below this many FLOPs in one example's pass at full capacity a model is
 // small (METER-tiny: 10 MFLOPs, the demo's model 25, METER-base 105 000):
@@ -391,6 +440,7 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
   const Context eval;
   Pass pass;
   pass.counts.assign(size_t(B), PassCounts<double>{});
+  StageClock clock(opt.stage_times ? &pass.stages : nullptr, ids.device());
   auto record = [&](std::vector<double> PassCounts<double>::*field, const Segments& s) {
     for (int64_t b = 0; b < B; b++) (pass.counts[size_t(b)].*field).push_back(double(s.rows(b)));
   };
@@ -399,6 +449,7 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
   Tensor patches = m_.vit_.patches(image);  // (B, P, W)
   const double patch_flops = 2.0 * double(patches.dim(1)) * (3.0 * c.vit_patch_size * c.vit_patch_size) * c.vit_width;
   for (double& f : flops) f += patch_flops;
+  clock.lap("patch embedding");
 
   // --- text: real tokens only
   Tensor all_text = reshape(m_.text_.embed(ids, eval), {B * T, c.text_width});
@@ -414,16 +465,19 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
   Tensor image_summary;
   if (trimming && !tc.text_token_layers.empty())
     image_summary = segment_mean(reshape(patches, {B * patches.dim(1), c.vit_width}), even_segments(B, patches.dim(1)));
+  clock.lap("text embeddings");
   for (int l = 0; l < c.text_layers; l++) {
     if (int s = trimming ? TrimConfig::site(tc.text_token_layers, l) : -1; s >= 0) {
       record(&PassCounts<double>::text_scored, ts);
       ts = repack(t, ts, keep_tokens(m_.text_token_trimmers_[size_t(s)], t, ts, image_summary,
                                      opt.token_threshold, opt.keep_ratio, flops), t_pos);
       pass.kept.push_back({"text", l, positions_by_example(t_pos, ts)});
+      clock.lap("text token trimmer", l);
     }
     record(&PassCounts<double>::text_tokens, ts);
     const BertLayer& layer = m_.text_.layers[size_t(l)];
     t = bert_ffn(layer.ffn, bert_attention(layer.attention, t, ts, t, ts, Tensor(), nullptr, flops), ts, flops);
+    clock.lap("text layer", l);
   }
   Tensor text_first = first_rows(t, ts);  // (B, Tw)
 
@@ -434,15 +488,18 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
   std::vector<int32_t> v_pos;  // each packed image row's token index: 0 the class token, 1 + p patch p
   for (int64_t b = 0; b < B; b++)
     for (int64_t i = 0; i < N; i++) v_pos.push_back(int32_t(i));
+  clock.lap("ViT embeddings");
   for (int l = 0; l < c.vit_layers; l++) {
     if (int s = trimming ? TrimConfig::site(tc.vit_token_layers, l) : -1; s >= 0) {
       record(&PassCounts<double>::vit_scored, vs);
       vs = repack(v, vs, keep_tokens(m_.vit_token_trimmers_[size_t(s)], v, vs, text_first,
                                      opt.token_threshold, opt.keep_ratio, flops), v_pos);
       pass.kept.push_back({"vit", l, positions_by_example(v_pos, vs)});
+      clock.lap("ViT token trimmer", l);
     }
     record(&PassCounts<double>::vit_tokens, vs);
     v = vit_block(m_.vit_.blocks[size_t(l)], v, vs, flops);
+    clock.lap("ViT block", l);
   }
   v = m_.vit_.ln_post.forward(v);
   for (int64_t b = 0; b < B; b++) {
@@ -454,6 +511,7 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
   auto type_row = [&](int type) { return m_.token_types_.forward(index_on({type}, ids.device())); };
   t = linear_rows(t, m_.text_transform_, ts, flops) + type_row(0);
   v = linear_rows(v, m_.image_transform_, vs, flops) + type_row(image_type);
+  clock.lap("bridge");
   for (int l = 0; l < c.num_cross_layers; l++) {
     if (int s = trimming ? TrimConfig::site(tc.cross_token_layers, l) : -1; s >= 0) {
       record(&PassCounts<double>::cross_text_scored, ts);
@@ -467,6 +525,7 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
       vs = repack(v, vs, keep_v, v_pos);
       pass.kept.push_back({"cross-text", l, positions_by_example(t_pos, ts)});
       pass.kept.push_back({"cross-image", l, positions_by_example(v_pos, vs)});
+      clock.lap("co-attention token trimmers", l);
     }
     Tensor z_ts, z_tc, z_vs, z_vc;
     // The top-k baseline prunes tokens only.
@@ -478,6 +537,7 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
       z_tc = keep_heads(h.text_cross, t_mean, v_mean, theta, flops);
       z_vs = keep_heads(h.image_self, v_mean, Tensor(), theta, flops);
       z_vc = keep_heads(h.image_cross, v_mean, t_mean, theta, flops);
+      clock.lap("head trimmers", l);
     }
     auto heads_kept = [&](std::vector<double> PassCounts<double>::*field, const Tensor& z) {
       for (int64_t b = 0; b < B; b++) {
@@ -503,12 +563,14 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
     Tensor va = bert_attention(il.attention, v, vs, v, vs, z_vs, p, flops);
     Tensor v_next = bert_ffn(il.ffn, bert_attention(il.crossattention, va, vs, t, ts, z_vc, p, flops), vs, flops);
     t = t_next, v = v_next;  // both read the previous layer's outputs
+    clock.lap("co-attention layer", l);
   }
 
   const Segments each = even_segments(B);
   pass.cls = concat({tanh(linear_rows(first_rows(t, ts), m_.text_pooler_, each, flops)),
                      tanh(linear_rows(first_rows(v, vs), m_.image_pooler_, each, flops))},
                     -1);  // (B, 2d)
+  clock.lap("poolers");
   return pass;
 }
 
@@ -554,6 +616,7 @@ PackedMeter::Pass PackedMeter::pass(const Tensor& ids, const Tensor& mask, const
     Pass& p = parts[part];
     cls.push_back(p.cls);
     std::move(p.counts.begin(), p.counts.end(), std::back_inserter(whole.counts));
+    whole.stages.add(p.stages);
     for (size_t site = 0; site < whole.kept.size(); site++) {
       auto& positions = whole.kept[site].positions;
       std::move(p.kept[site].positions.begin(), p.kept[site].positions.end(), std::back_inserter(positions));
@@ -624,19 +687,31 @@ PackedOutput PackedMeter::run(Task task, const Tensor& ids, const Tensor& mask, 
                         t->describe() + "; move both to one device");
   NoGrad no_grad;
   PrepackedWeights::Use packed_weights(dev == Device::CPU && prepared_ ? &prepared_->gemm : nullptr);
+  const MeterConfig& c = m_.config_;
+  if (task == Task::NLVR2) {
+    if (!c.nlvr2) throw ArgumentError("METER: this model has no NLVR2 head");
+    if (!image2.defined() || image2.shape() != image.shape())
+      throw ShapeError("packed METER: NLVR2 needs a second image batch shaped like the first");
+  }
   const int64_t B = ids.dim(0);
   PackedOutput out;
   out.flops.assign(size_t(B), 0.0);
   Pass first = pass(ids, mask, image, 1, opt, out.flops);
+  Pass second;  // NLVR2's pass over the second images
+  if (task == Task::NLVR2) second = pass(ids, mask, image2, 2, opt, out.flops);
   out.cls = first.cls;
-  out.counts = std::move(first.counts);
-  out.kept = std::move(first.kept);
+  for (Pass* p : {&first, &second}) {
+    std::move(p->counts.begin(), p->counts.end(), std::back_inserter(out.counts));
+    std::move(p->kept.begin(), p->kept.end(), std::back_inserter(out.kept));
+  }
+  StageTimes stages = std::move(first.stages);
+  stages.add(second.stages);
+  StageClock clock(opt.stage_times ? &stages : nullptr, dev);
   const Segments each = even_segments(B);
   auto head = [&](const Linear& lin, const Tensor& x) { return linear_rows(x, lin, each, out.flops); };
   auto classifier = [&](const Classifier& c, const Tensor& x) {
     return head(c.fc2, gelu(c.norm.forward(head(c.fc1, x))));
   };
-  const MeterConfig& c = m_.config_;
   switch (task) {
     case Task::None: break;
     case Task::VQA:
@@ -655,17 +730,12 @@ PackedOutput PackedMeter::run(Task task, const Tensor& ids, const Tensor& mask, 
       if (!c.rank) throw ArgumentError("METER: this model has no retrieval rank head");
       out.logits = head(m_.rank_, out.cls);
       break;
-    case Task::NLVR2: {
-      if (!c.nlvr2) throw ArgumentError("METER: this model has no NLVR2 head");
-      if (!image2.defined() || image2.shape() != image.shape())
-        throw ShapeError("packed METER: NLVR2 needs a second image batch shaped like the first");
-      Pass second = pass(ids, mask, image2, 2, opt, out.flops);
-      std::move(second.counts.begin(), second.counts.end(), std::back_inserter(out.counts));
-      std::move(second.kept.begin(), second.kept.end(), std::back_inserter(out.kept));
+    case Task::NLVR2:
       out.logits = classifier(m_.nlvr2_, concat({first.cls, second.cls}, -1));
       break;
-    }
   }
+  clock.lap("task head");
+  if (opt.stage_times) opt.stage_times->add(stages);
   return out;
 }
 

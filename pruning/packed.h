@@ -32,6 +32,7 @@
 #pragma once
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "layers/meter.h"
@@ -53,6 +54,21 @@ struct KeptTokens {
   // [example]: the survivors' positions in the original sequence, ascending:
   // text: index into the example's ids; image: 0 the class token, 1 + p patch p (row-major).
   std::vector<std::vector<int32_t>> positions;
+};
+
+// Where the passes' time went, stage by stage (Options::stage_times), for
+// profiling: wall seconds per stage ("text layer 0", "ViT token trimmer 1",
+// "co-attention layer 1", ...), in the order the stages first ran, added up
+// over the runs that filled it, over NLVR2's two passes and over the
+// threads that ran a pass (a small model's batch is split by examples, so
+// on T threads the stages add up to about T times the wall time). On the
+// GPU each stage waits for its work to finish before it is timed, which
+// only a run that asks for the times pays.
+struct StageTimes {
+  std::vector<std::pair<std::string, double>> seconds;
+  void add(const std::string& stage, double s);
+  void add(const StageTimes& other);
+  double total() const;
 };
 
 struct PackedOutput {
@@ -79,6 +95,7 @@ class PackedMeter {
     // > 0: the fixed-ratio top-k baseline instead of the threshold: every token trimmer keeps
     // the ceil(keep_ratio * n) highest-scoring of an example's n tokens, and no head is dropped.
     float keep_ratio = 0;
+    StageTimes* stage_times = nullptr;  // if set, each run adds the time of each of its stages to it
   };
   // ids i32 (B, T), mask (B, T), image (B, 3, S, S); image2 for NLVR2 (its second pass).
   PackedOutput run(Task task, const Tensor& ids, const Tensor& mask, const Tensor& image,
@@ -94,6 +111,7 @@ class PackedMeter {
     Tensor cls;  // (B, 2d)
     std::vector<PassCounts<double>> counts;  // per example
     std::vector<KeptTokens> kept;
+    StageTimes stages;  // filled when Options::stage_times is set
   };
   Pass one_pass(const Tensor& ids, const Tensor& mask, const Tensor& image, int image_type, const Options& opt,
                 std::vector<double>& flops) const;

@@ -151,6 +151,28 @@ TEST_CASE("cuda: on the GPU the masked pass and the packed pass agree" * doctest
         *std::max_element(kept_image.begin(), kept_image.end()));
 }
 
+TEST_CASE("cuda: stage times on the GPU change nothing computed and add up" * doctest::skip(kNoGpu)) {
+  st::MeterConfig c = st::load_meter_config("configs/meter-tiny-smarttrim.json");
+  st::Meter model(c, 6);
+  st::testing::sharpen_trimmers(model, 50.0f, 0.0f);
+  st::move_parameters(model.params(), Device::CUDA);
+  const st::testing::MeterBatch g = on_gpu(st::testing::make_meter_batch(c, {9, 4, 7}, 9, 5));
+  st::NoGrad no_grad;
+  const st::PackedMeter packed(model);
+  st::StageTimes times;
+  st::PackedMeter::Options timed;
+  timed.stage_times = &times;
+  const st::PackedOutput want = packed.run(st::Task::VQA, g.ids, g.mask, g.image, {});
+  const st::PackedOutput got = packed.run(st::Task::VQA, g.ids, g.mask, g.image, timed);
+  CHECK(st::testing::relative_error(got.logits.to(Device::CPU), want.logits.to(Device::CPU)) == 0);
+  CHECK(got.flops == want.flops);
+  REQUIRE(!times.seconds.empty());
+  CHECK(times.seconds.front().first == "patch embedding");
+  CHECK(times.seconds.back().first == "task head");
+  for (const auto& [name, s] : times.seconds) CHECK(s >= 0.0);
+  CHECK(times.total() > 0.0);
+}
+
 TEST_CASE("cuda: packed inference refuses inputs on another device than the model" * doctest::skip(kNoGpu)) {
   st::MeterConfig c = st::load_meter_config("configs/meter-tiny-smarttrim.json");
   st::Meter model(c, 3);

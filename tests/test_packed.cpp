@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
+#include <vector>
 
 #include "engine/kernels.h"
 #include "engine/ops/head_projection.h"
@@ -207,6 +209,56 @@ TEST_CASE("packed: a batch split by examples across threads gives what one pass 
       for (size_t i = 0; i < one.counts.size(); i++) check_same_counts(got.counts[i], one.counts[i]);
       REQUIRE(got.kept.size() == one.kept.size());
       for (size_t i = 0; i < one.kept.size(); i++) CHECK(got.kept[i].positions == one.kept[i].positions);
+    }
+  }
+  omp_set_num_threads(threads);
+}
+
+TEST_CASE("packed: stage times name every stage of the pass once, in order, and change nothing computed") {
+  st::MeterConfig c = st::load_meter_config("configs/meter-tiny-smarttrim.json");
+  st::Meter model(c, 6);
+  sharpen_trimmers(model, 50.0f, 0.0f);
+  st::testing::MeterBatch b = st::testing::make_meter_batch(c, {9, 4, 7, 9, 2, 6}, 9, 5);
+  st::NoGrad no_grad;
+  const st::PackedMeter packed(model);
+  auto names = [](const st::StageTimes& t) {
+    std::vector<std::string> out;
+    for (const auto& [name, s] : t.seconds) out.push_back(name);
+    return out;
+  };
+  const std::vector<std::string> trimmed = {
+      "patch embedding", "text embeddings", "text layer 0", "text layer 1", "ViT embeddings", "ViT block 0",
+      "ViT token trimmer 1", "ViT block 1", "bridge", "co-attention token trimmers 0", "head trimmers 0",
+      "co-attention layer 0", "co-attention token trimmers 1", "head trimmers 1", "co-attention layer 1",
+      "poolers", "task head"};
+  const int threads = omp_get_max_threads();
+  for (int split : {1, 2}) {  // one pass, and the batch split by examples across two threads
+    INFO("threads " << split);
+    omp_set_num_threads(split);
+    for (bool trimmers : {true, false}) {
+      for (st::Task task : {st::Task::VQA, st::Task::NLVR2}) {
+        const bool nlvr2 = task == st::Task::NLVR2;
+        st::PackedMeter::Options plain;
+        plain.trimmers = trimmers;
+        st::PackedMeter::Options timed = plain;
+        st::StageTimes times;
+        timed.stage_times = &times;
+        const Tensor image2 = nlvr2 ? b.image2 : Tensor();
+        const st::PackedOutput want = packed.run(task, b.ids, b.mask, b.image, image2, plain);
+        const st::PackedOutput got = packed.run(task, b.ids, b.mask, b.image, image2, timed);
+        CHECK(st::testing::relative_error(got.logits, want.logits) == 0);
+        CHECK(got.flops == want.flops);
+        std::vector<std::string> expected;
+        for (const std::string& name : trimmed)
+          if (trimmers || name.find("trimmer") == std::string::npos) expected.push_back(name);
+        CHECK(names(times) == expected);
+        for (const auto& [name, s] : times.seconds) CHECK(s >= 0.0);
+        const double once = times.total();
+        CHECK(once > 0.0);
+        packed.run(task, b.ids, b.mask, b.image, image2, timed);  // a second run adds to the same stages
+        CHECK(names(times) == expected);
+        CHECK(times.total() > once);
+      }
     }
   }
   omp_set_num_threads(threads);
