@@ -214,6 +214,20 @@ TEST_CASE("packed: a batch split by examples across threads gives what one pass 
   omp_set_num_threads(threads);
 }
 
+TEST_CASE("packed: NLVR2 without a fitting second image batch, or on a model without its head, is refused") {
+  st::MeterConfig c = st::load_meter_config("configs/meter-tiny-smarttrim.json");
+  st::Meter model(c, 4);
+  st::testing::MeterBatch b = st::testing::make_meter_batch(c, {5, 3}, 6, 2);
+  const st::PackedMeter packed(model);
+  CHECK_THROWS_AS(packed.run(st::Task::NLVR2, b.ids, b.mask, b.image, {}), st::ShapeError);
+  st::Rng rng(2);
+  const Tensor smaller = Tensor::randn({2, 3, c.vit_image_size / 2, c.vit_image_size / 2}, rng);
+  CHECK_THROWS_AS(packed.run(st::Task::NLVR2, b.ids, b.mask, b.image, smaller, {}), st::ShapeError);
+  c.nlvr2 = false;
+  st::Meter no_head(c, 4);
+  CHECK_THROWS_AS(st::PackedMeter(no_head).run(st::Task::NLVR2, b.ids, b.mask, b.image, b.image2, {}), st::ArgumentError);
+}
+
 TEST_CASE("packed: stage times name every stage of the pass once, in order, and change nothing computed") {
   st::MeterConfig c = st::load_meter_config("configs/meter-tiny-smarttrim.json");
   st::Meter model(c, 6);
