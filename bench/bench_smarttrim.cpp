@@ -2,7 +2,7 @@
 // against the same model at full capacity, side by side in one run.
 //
 //   build/bench_smarttrim [--json FILE] [--reps N] [--min-seconds S] [--tiny-only] [--batch N] [--device cpu|cuda]
-//                         [--stages]
+//                         [--stages] [--tokens-only]
 //
 // The models are random (no trained trimmers exist here), so the keep rate
 // is set with the run-time threshold theta: for each target FLOPs ratio a
@@ -17,7 +17,9 @@
 // waits for the GPU to finish. --stages also prints, for each row, where
 // the time went stage by stage at full capacity and trimmed (the packed
 // path's StageTimes: summed over the threads that ran the pass, so on T
-// threads they add up to about T times the wall time).
+// threads they add up to about T times the wall time). --tokens-only
+// keeps every head (head threshold -inf) and sets the token threshold
+// alone for each target: SmartTrim's "tokens only" ablation.
 #include <omp.h>
 
 #include <algorithm>
@@ -27,6 +29,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -165,7 +168,7 @@ int main(int argc, char** argv) {
   std::string json;
   int reps = 3;
   double min_seconds = 1.0;  // per side-by-side measurement: small models get many runs
-  bool tiny_only = false, stages = false;
+  bool tiny_only = false, stages = false, tokens_only = false;
   int only_batch = 0;  // 0: every batch size
   st::Device device = st::Device::CPU;
   for (int i = 1; i < argc; i++) {
@@ -174,11 +177,12 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--min-seconds") && i + 1 < argc) min_seconds = std::atof(argv[++i]);
     else if (!std::strcmp(argv[i], "--tiny-only")) tiny_only = true;
     else if (!std::strcmp(argv[i], "--stages")) stages = true;
+    else if (!std::strcmp(argv[i], "--tokens-only")) tokens_only = true;
     else if (!std::strcmp(argv[i], "--batch") && i + 1 < argc) only_batch = std::atoi(argv[++i]);
     else if (st::bench::parse_device(argc, argv, i, device)) continue;
     else {
       std::fprintf(stderr, "usage: bench_smarttrim [--json FILE] [--reps N] [--min-seconds S] [--tiny-only] [--batch N]"
-                           " [--device cpu|cuda] [--stages]\n");
+                           " [--device cpu|cuda] [--stages] [--tokens-only]\n");
       return 2;
     }
   }
@@ -217,16 +221,21 @@ int main(int argc, char** argv) {
                                    model.vqa_logits(model.forward(b.ids, b.mask, b.image, eval).cls);
                                    st::bench::finish_queued_work(device);
                                  }).second;
+          // theta for tokens, and for heads too unless --tokens-only
+          auto thresholds = [&](float theta) {
+            st::PackedMeter::Options o;
+            o.token_threshold = theta;
+            o.head_threshold = tokens_only ? -std::numeric_limits<float>::infinity() : theta;
+            return o;
+          };
           for (double target : {0.5, 0.33}) {
             double lo = -1e5, hi = 1e5;  // theta: higher drops more; the spread logits reach the thousands
             for (int it = 0; it < 32; it++) {
-              st::PackedMeter::Options o;
-              o.token_threshold = o.head_threshold = float(0.5 * (lo + hi));
+              const st::PackedMeter::Options o = thresholds(float(0.5 * (lo + hi)));
               const double r = flops_ratio(c, packed.run(st::Task::VQA, probe.ids, probe.mask, probe.image, o), probe);
               (r > target ? lo : hi) = 0.5 * (lo + hi);
             }
-            st::PackedMeter::Options o;
-            o.token_threshold = o.head_threshold = float(0.5 * (lo + hi));
+            const st::PackedMeter::Options o = thresholds(float(0.5 * (lo + hi)));
             st::PackedOutput out = packed.run(st::Task::VQA, b.ids, b.mask, b.image, o);
             double mn = 1e9, mx = 0;
             for (size_t i = 0; i < out.flops.size(); i++) {
@@ -234,7 +243,8 @@ int main(int argc, char** argv) {
               mn = std::min(mn, r), mx = std::max(mx, r);
             }
             const auto [full_s, trimmed_s] = paired_median_seconds(reps, min_seconds, run_full, [&] { packed_run(o); });
-            const std::string name = std::string(s.config).substr(8, std::string(s.config).size() - 13);
+            const std::string name = std::string(s.config).substr(8, std::string(s.config).size() - 13) +
+                                     (tokens_only ? " (tokens only)" : "");
             rows.push_back({name, batch, ragged, target, flops_ratio(c, out, b), mn, mx, o.token_threshold, full_s,
                             trimmed_s, plain_s});
             const Row& r = rows.back();
