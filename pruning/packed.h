@@ -84,8 +84,9 @@ class PackedMeter {
  public:
   explicit PackedMeter(const Meter& model);
   const Meter& model() const { return m_; }
-  // Whether the weights were laid out once, when this was made (a small
-  // model on the CPU; see above): if so, it computes with them as they were then.
+  // Whether the weight matrices were laid out once, when this was made (a
+  // small model on the CPU; see above): if so, it multiplies by them as they
+  // were then, so after the weights change it must be made again.
   bool weights_prepared() const { return prepared_ != nullptr; }
 
   struct Options {
