@@ -141,16 +141,13 @@ void print_stages(int runs, const std::function<void(const st::PackedMeter::Opti
   full.stage_times = &full_times, trimmed.stage_times = &trimmed_times;
   for (int i = 0; i < runs; i++) run(full), run(trimmed);
   std::printf("    %-32s %10s %10s\n", "stage (us per run, all threads)", "full", "trimmed");
-  auto seconds_of = [](const st::StageTimes& t, const std::string& stage) {
-    for (const auto& [name, s] : t.seconds)
-      if (name == stage) return s;
-    return 0.0;
-  };
   st::StageTimes all = trimmed_times;  // every stage either side ran, in the order they ran
   all.add(full_times);
-  for (const auto& [name, s] : all.seconds)
-    std::printf("    %-32s %10.1f %10.1f\n", name.c_str(), seconds_of(full_times, name) / runs * 1e6,
-                seconds_of(trimmed_times, name) / runs * 1e6);
+  for (const auto& stage : all.seconds) {
+    const std::string& name = stage.first;
+    std::printf("    %-32s %10.1f %10.1f\n", name.c_str(), full_times.of(name) / runs * 1e6,
+                trimmed_times.of(name) / runs * 1e6);
+  }
   std::printf("    %-32s %10.1f %10.1f\n", "sum", full_times.total() / runs * 1e6, trimmed_times.total() / runs * 1e6);
 }
 

@@ -44,6 +44,12 @@ void StageTimes::add(const StageTimes& other) {
   for (const auto& [name, s] : other.seconds) add(name, s);
 }
 
+double StageTimes::of(const std::string& stage) const {
+  for (const auto& [name, s] : seconds)
+    if (name == stage) return s;
+  return 0.0;
+}
+
 double StageTimes::total() const {
   double sum = 0;
   for (const auto& stage : seconds) sum += stage.second;

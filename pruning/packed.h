@@ -68,6 +68,7 @@ struct StageTimes {
   std::vector<std::pair<std::string, double>> seconds;
   void add(const std::string& stage, double s);
   void add(const StageTimes& other);
+  double of(const std::string& stage) const;  // 0 for a stage that did not run
   double total() const;
 };
 

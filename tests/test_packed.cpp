@@ -266,7 +266,9 @@ TEST_CASE("packed: stage times name every stage of the pass once, in order, and 
         for (const std::string& name : trimmed)
           if (trimmers || name.find("trimmer") == std::string::npos) expected.push_back(name);
         CHECK(names(times) == expected);
+        for (const auto& [name, s] : times.seconds) CHECK(times.of(name) == s);
         for (const auto& [name, s] : times.seconds) CHECK(s >= 0.0);
+        CHECK(times.of("no such stage") == 0.0);
         const double once = times.total();
         CHECK(once > 0.0);
         packed.run(task, b.ids, b.mask, b.image, image2, timed);  // a second run adds to the same stages
