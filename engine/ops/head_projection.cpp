@@ -19,7 +19,7 @@ namespace {
 
 using namespace rows;
 
-constexpr int kMaxHeadBlocks = 2, kMaxOutputBlocks = 8;  // k <= 32, d_out <= 128
+constexpr int kMaxHeadBlocks = 32 / kLanes, kMaxOutputBlocks = 128 / kLanes;  // k <= 32, d_out <= 128
 
 void require_fit(const char* kernel, int64_t d_in, int64_t k, int64_t d_out) {
   if (!head_projection_fits(d_in, k, d_out))
@@ -72,7 +72,7 @@ void project_into_heads(float* y, const float* x, const HeadWeights& w, float sc
     Inputs all;
     all.add(0, d_in);
     Columns cols{};
-    Vec16 init[kVectors];
+    Vec init[kVectors];
     int V = 0;
     auto flush = [&] {
       if (V > 0) over_rows(at[b], at[b + 1], y, ld_y, x, d_in, w.wt.data(), w.ld_wt, all, cols, V, init, scale);
@@ -84,7 +84,7 @@ void project_into_heads(float* y, const float* x, const HeadWeights& w, float sc
         cols.wt_col[V] = h * kp + kb * kLanes;
         cols.y_col[V] = int64_t(h) * k + kb * kLanes;
         cols.count[V] = int(std::min<int64_t>(kLanes, k - kb * kLanes));
-        init[V] = load16(w.bias.data() + cols.wt_col[V]);
+        init[V] = load_vec(w.bias.data() + cols.wt_col[V]);
         if (++V == kVectors) flush();
       }
     }
@@ -103,8 +103,8 @@ void project_out_of_heads(float* y, const float* x, const HeadWeights& w, const 
     for (int v0 = 0; v0 < DB; v0 += kVectors) {  // kVectors vectors of outputs at a time
       const int V = std::min(kVectors, DB - v0);
       const Columns cols = dense_columns(v0, V, d_out);
-      Vec16 init[kVectors];
-      for (int v = 0; v < V; v++) init[v] = load16(w.bias.data() + cols.wt_col[v]);
+      Vec init[kVectors];
+      for (int v = 0; v < V; v++) init[v] = load_vec(w.bias.data() + cols.wt_col[v]);
       over_rows(at[b], at[b + 1], y, d_out, x, d_in, w.wt.data(), w.ld_wt, kept, cols, V, init, 1.0f);
     }
   });

@@ -7,7 +7,7 @@
 // small model those GEMMs are 16 columns wide and a few hundred rows long,
 // and packing their operands, gathering and scattering took longer than the
 // products. These kernels read the rows where they are and write the
-// results where they go, four rows at a time in vector registers, from the
+// results where they go, a few rows at a time in vector registers, from the
 // weights transposed into whole vectors of outputs (HeadWeights), which a
 // caller makes once and keeps while the weights stay the same.
 //

@@ -3,7 +3,7 @@
 #include <cmath>
 
 #include "engine/ops/common.h"
-#include "engine/ops/vec16.h"
+#include "engine/ops/vec.h"
 
 namespace st {
 namespace cpu {
@@ -14,26 +14,26 @@ namespace cpu {
 // variance, its lanes, a square root), and one row at a time leaves the
 // core waiting on them; R rows side by side keep R chains in flight. Each
 // row's arithmetic is the same whatever R is: the sums run over whole
-// vectors and then their lanes (vec16.h), the last n % 16 elements one by
-// one (a compiler's own reduction would end each sum with a fifteen-step
-// chain).
+// vectors and then their lanes (vec.h), the last n % kLanes elements one
+// by one (a compiler's own reduction would end each sum with a chain of
+// kLanes - 1 steps).
 template <int R>
 static void normalize_rows(float* out, float* mean, float* rstd, const float* x, const float* weight,
                            const float* bias, int n, float eps) {
   const int body = n - n % kLanes;
   float m[R], s[R];
-  Vec16 lanes[R] = {};
+  Vec lanes[R] = {};
   for (int i = 0; i < body; i += kLanes)
-    for (int r = 0; r < R; r++) lanes[r] += load16(x + r * n + i);
+    for (int r = 0; r < R; r++) lanes[r] += load_vec(x + r * n + i);
   for (int r = 0; r < R; r++) {
     m[r] = lanes_sum(lanes[r]);
     for (int i = body; i < n; i++) m[r] += x[r * n + i];
     m[r] /= float(n);
-    lanes[r] = Vec16{};  // two passes: the one-pass formula cancels badly when |mean| >> std
+    lanes[r] = Vec{};  // two passes: the one-pass formula cancels badly when |mean| >> std
   }
   for (int i = 0; i < body; i += kLanes)
     for (int r = 0; r < R; r++) {
-      const Vec16 c = load16(x + r * n + i) - m[r];
+      const Vec c = load_vec(x + r * n + i) - m[r];
       lanes[r] += c * c;
     }
   for (int r = 0; r < R; r++) {

@@ -15,12 +15,14 @@
 // as the direct kernel, and a small model runs thousands of such jobs per
 // batch.
 #include <algorithm>
+#include <array>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "engine/gemm.h"
 #include "engine/ops/common.h"
-#include "engine/ops/vec16.h"
+#include "engine/ops/vec.h"
 #include "engine/ops/vector_math.h"
 
 namespace st {
@@ -28,14 +30,23 @@ namespace cpu {
 
 // --- the direct kernel for short segments
 
-constexpr int kMaxKeyBlocks = 4, kMaxColumnBlocks = 2;  // the direct kernel's m <= 64 and k <= 32
-constexpr int kRowsAtOnce = 4;  // query rows computed together: independent FMA chains hide their latency
+// The direct kernel's sizes: m <= 64 keys and k <= 32 columns, in vectors.
+constexpr int kMaxKeyBlocks = 64 / kLanes, kMaxColumnBlocks = 32 / kLanes;
 
-// One job, m <= 16 MB keys and k <= 16 KB columns:
+// Query rows computed together: independent FMA chains hide their latency,
+// as many as their scores or outputs (the larger) fit in three quarters of
+// the vector registers, at most four. AVX-512 (32 registers) always takes
+// four; AVX2 (16) takes four rows of up to 24 keys and one row of more than 48.
+template <int MB, int KB>
+constexpr int rows_at_once() {
+  return std::clamp(kVectorRegisters * 3 / 4 / std::max(MB, KB), 1, 4);
+}
+
+// One job, m <= kLanes MB keys and k <= kLanes KB columns:
 //   q (n rows, stride d), k and v (m rows, stride d) -> ctx (n rows, stride d), k columns each.
-// Kt (k, 16 MB) holds K transposed and Vp (m, 16 KB) holds V, both zero-padded
-// to whole vectors. Rows are taken kRowsAtOnce at a time; past the last row,
-// the last row is computed again and not written. The softmax's 1 / sum
+// Kt (k, kLanes MB) holds K transposed and Vp (m, kLanes KB) holds V, both
+// zero-padded to whole vectors. Rows are taken R at a time; past the last
+// row, the last row is computed again and not written. The softmax's 1 / sum
 // scales the outputs (k values per row) rather than the weights (m values).
 template <int MB, int KB>
 static void attend_short(float* ctx, const float* q, const float* kx, const float* vx, int64_t n, int64_t m,
@@ -50,47 +61,47 @@ static void attend_short(float* ctx, const float* q, const float* kx, const floa
   for (int64_t j = 0; j < m; j++)
     for (int b = 0; b < KB; b++) {
       const int cols = int(std::clamp<int64_t>(k - b * kLanes, 0, kLanes));
-      store16(Vp + j * kp + b * kLanes, load_first(vx + j * d + b * kLanes, cols));
+      store_vec(Vp + j * kp + b * kLanes, load_first(vx + j * d + b * kLanes, cols));
     }
-  Vec16 lane;  // 0, 1, ..., 15
-  for (int i = 0; i < kLanes; i++) lane[i] = float(i);
-  const Vec16 minus_inf = Vec16{} - std::numeric_limits<float>::infinity();
+  constexpr int R = rows_at_once<MB, KB>();
+  const Vec lane = lane_index();
+  const Vec minus_inf = Vec{} - std::numeric_limits<float>::infinity();
   const float keys_in_last = float(m - (MB - 1) * kLanes);  // real keys in the last vector of scores
-  alignas(64) float p[kRowsAtOnce][mp];  // exp(s - max) of the rows in flight
-  for (int64_t i0 = 0; i0 < n; i0 += kRowsAtOnce) {
+  alignas(64) float p[R][mp];  // exp(s - max) of the rows in flight
+  for (int64_t i0 = 0; i0 < n; i0 += R) {
     // scores s[r] = q_r K^T, (rows, mp)
-    Vec16 s[kRowsAtOnce][MB] = {};
+    Vec s[R][MB] = {};
     for (int64_t c = 0; c < k; c++)
       for (int b = 0; b < MB; b++) {
-        const Vec16 kc = load16(Kt + c * mp + b * kLanes);
-        for (int r = 0; r < kRowsAtOnce; r++) s[r][b] += q[std::min(i0 + r, n - 1) * d + c] * kc;
+        const Vec kc = load_vec(Kt + c * mp + b * kLanes);
+        for (int r = 0; r < R; r++) s[r][b] += q[std::min(i0 + r, n - 1) * d + c] * kc;
       }
-    float inv_sum[kRowsAtOnce];
-    for (int r = 0; r < kRowsAtOnce; r++) {
-      Vec16 mx = lane < keys_in_last ? s[r][MB - 1] : minus_inf;
+    float inv_sum[R];
+    for (int r = 0; r < R; r++) {
+      Vec mx = lane < keys_in_last ? s[r][MB - 1] : minus_inf;
       for (int b = 0; b + 1 < MB; b++) mx = vmax(mx, s[r][b]);
       const float row_max = lanes_max(mx);
       // A padded score is set to the max, so that its exponential is 1, not
       // the exp(-inf) that would send libmvec's expf down its slow path; the
       // sum leaves it out, and the products below never reach it.
-      s[r][MB - 1] = lane < keys_in_last ? s[r][MB - 1] : Vec16{} + row_max;
-      for (int b = 0; b < MB; b++) store16(p[r] + b * kLanes, s[r][b] - row_max);
+      s[r][MB - 1] = lane < keys_in_last ? s[r][MB - 1] : Vec{} + row_max;
+      for (int b = 0; b < MB; b++) store_vec(p[r] + b * kLanes, s[r][b] - row_max);
     }
-    vexp_in_place(p[0], kRowsAtOnce * mp);  // the rows in flight in one call: they are contiguous
-    for (int r = 0; r < kRowsAtOnce; r++) {
-      const Vec16 last = load16(p[r] + (MB - 1) * kLanes);
-      Vec16 sum = lane < keys_in_last ? last : Vec16{};
-      for (int b = 0; b + 1 < MB; b++) sum += load16(p[r] + b * kLanes);
+    vexp_in_place(p[0], R * mp);  // the rows in flight in one call: they are contiguous
+    for (int r = 0; r < R; r++) {
+      const Vec last = load_vec(p[r] + (MB - 1) * kLanes);
+      Vec sum = lane < keys_in_last ? last : Vec{};
+      for (int b = 0; b + 1 < MB; b++) sum += load_vec(p[r] + b * kLanes);
       inv_sum[r] = 1.0f / lanes_sum(sum);
     }
     // outputs o[r] = p_r V / sum_r, (rows, kp)
-    Vec16 o[kRowsAtOnce][KB] = {};
+    Vec o[R][KB] = {};
     for (int64_t j = 0; j < m; j++)
       for (int b = 0; b < KB; b++) {
-        const Vec16 vj = load16(Vp + j * kp + b * kLanes);
-        for (int r = 0; r < kRowsAtOnce; r++) o[r][b] += p[r][j] * vj;
+        const Vec vj = load_vec(Vp + j * kp + b * kLanes);
+        for (int r = 0; r < R; r++) o[r][b] += p[r][j] * vj;
       }
-    for (int64_t r = 0; r < std::min<int64_t>(kRowsAtOnce, n - i0); r++)
+    for (int64_t r = 0; r < std::min<int64_t>(R, n - i0); r++)
       for (int b = 0; b < KB; b++)
         store_first(ctx + (i0 + r) * d + b * kLanes, o[r][b] * inv_sum[r],
                     int(std::clamp<int64_t>(k - b * kLanes, 0, kLanes)));
@@ -101,15 +112,18 @@ using ShortKernel = void (*)(float*, const float*, const float*, const float*, i
 
 static bool is_short(int64_t m, int64_t k) { return m <= kMaxKeyBlocks * kLanes && k <= kMaxColumnBlocks * kLanes; }
 
+// [key vectors - 1][column vectors - 1]: attend_short<MB, KB> for every size it takes
+template <int... MB>
+constexpr auto make_short_table(std::integer_sequence<int, MB...>) {
+  using Row = std::array<ShortKernel, kMaxColumnBlocks>;
+  auto row = []<int M, int... KB>(std::integer_sequence<int, KB...>) { return Row{attend_short<M + 1, KB + 1>...}; };
+  return std::array<Row, kMaxKeyBlocks>{row.template operator()<MB>(std::make_integer_sequence<int, kMaxColumnBlocks>{})...};
+}
+static constexpr auto kShortKernels = make_short_table(std::make_integer_sequence<int, kMaxKeyBlocks>{});
+
 // the direct kernel for m keys and k columns (is_short(m, k))
 static ShortKernel short_kernel(int64_t m, int64_t k) {
-  static const ShortKernel by_blocks[kMaxKeyBlocks][kMaxColumnBlocks] = {
-      {attend_short<1, 1>, attend_short<1, 2>},
-      {attend_short<2, 1>, attend_short<2, 2>},
-      {attend_short<3, 1>, attend_short<3, 2>},
-      {attend_short<4, 1>, attend_short<4, 2>},
-  };
-  return by_blocks[(m + kLanes - 1) / kLanes - 1][(k + kLanes - 1) / kLanes - 1];
+  return kShortKernels[size_t((m + kLanes - 1) / kLanes - 1)][size_t((k + kLanes - 1) / kLanes - 1)];
 }
 
 // --- the GEMM path for the rest

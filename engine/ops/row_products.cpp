@@ -13,19 +13,18 @@ namespace {
 // init: one vector per output vector (a bias).
 template <int R, int V>
 void rows_times_columns(float* y, int64_t ld_y, const float* x, int64_t ld_x, const float* Wt, int64_t ld_wt,
-                        const Inputs& in, const Columns& cols, const Vec16* init, float scale) {
-  Vec16 acc[R][V];
+                        const Inputs& in, const Columns& cols, const Vec* init, float scale) {
+  Vec acc[R][V];
   for (int i = 0; i < R; i++)
     for (int v = 0; v < V; v++) acc[i][v] = init[v];
   for (int s = 0; s < in.n; s++)
     for (int64_t j = in.begin[s]; j < in.end[s]; j++) {
-      Vec16 w[V];
+      Vec w[V];
       for (int v = 0; v < V; v++) {
-        w[v] = load16(Wt + j * ld_wt + cols.wt_col[v]);
+        w[v] = load_vec(Wt + j * ld_wt + cols.wt_col[v]);
         // Keeps w[v] in a register: otherwise GCC folds the load into each
         // of the R multiply-adds, and R times the loads outrun the FMAs.
-        // Only a build for AVX-512 has a register that holds 16 floats.
-#if defined(__AVX512F__)
+#if defined(__x86_64__) || defined(__i386__)
         asm("" : "+v"(w[v]));
 #endif
       }
@@ -37,20 +36,15 @@ void rows_times_columns(float* y, int64_t ld_y, const float* x, int64_t ld_x, co
   for (int i = 0; i < R; i++)
     for (int v = 0; v < V; v++) {
       float* to = y + i * ld_y + cols.y_col[v];
-      if (cols.count[v] == kLanes) {
-        store16(to, acc[i][v] * scale);
-      } else {  // a head's or the outputs' last, partial vector
-        alignas(64) float out[kLanes];
-        store16(out, acc[i][v] * scale);
-        for (int c = 0; c < cols.count[v]; c++) to[c] = out[c];
-      }
+      if (cols.count[v] == kLanes) store_vec(to, acc[i][v] * scale);
+      else store_first(to, acc[i][v] * scale, cols.count[v]);  // a head's or the outputs' last, partial vector
     }
 }
 
 using StepKernel = void (*)(float*, int64_t, const float*, int64_t, const float*, int64_t, const Inputs&,
-                            const Columns&, const Vec16*, float);
+                            const Columns&, const Vec*, float);
 
-// The inner step for R rows and V vectors (R x V <= 16 sums in registers).
+// The inner step for R rows and V vectors (R x V <= kSums sums in registers).
 template <int... R>
 constexpr auto make_step_table(std::integer_sequence<int, R...>) {
   using Row = std::array<StepKernel, kVectors>;
@@ -68,7 +62,7 @@ StepKernel step_kernel(int64_t R, int V) { return kSteps[size_t(R - 1)][size_t(V
 // The steps over rows begin .. end, rows_at_once(V) at a time, the last block smaller.
 
 void over_rows(int64_t begin, int64_t end, float* y, int64_t ld_y, const float* x, int64_t ld_x, const float* Wt,
-               int64_t ld_wt, const Inputs& in, const Columns& cols, int V, const Vec16* init, float scale) {
+               int64_t ld_wt, const Inputs& in, const Columns& cols, int V, const Vec* init, float scale) {
   const int64_t at_once = rows_at_once(V);
   for (int64_t r = begin; r < end; r += at_once) {
     const int64_t R = std::min<int64_t>(at_once, end - r);
