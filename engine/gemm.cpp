@@ -196,14 +196,23 @@ bool always_supported() { return true; }
 // ---------------------------------------------------------------------------
 // AVX2 + FMA micro-kernel: 6 x 16 tile = 6 x 2 ymm accumulators (12 of the
 // 16 ymm registers), 2 for the B row, 1 for the broadcast A value. 12
-// independent FMA chains cover the 2-pipe x 4-cycle FMA latency.
+// independent FMA chains cover the 2-pipe x 4-cycle FMA latency. Edge tiles:
+// the row count is a template parameter and the columns are handled with
+// AVX's maskload/maskstore, as in the AVX-512 kernel below.
 // ---------------------------------------------------------------------------
 constexpr int kAvx2MR = 6, kAvx2NR = 16;
 
-template <int ROWS>
-__attribute__((target("avx2,fma"))) void micro_avx2_rows(
-    int kc, const float* a, const float* b, float* c, int64_t ldc, int n,
-    float alpha, float beta) {
+// Lane i is all ones when i < n (n may be negative or past 8).
+__attribute__((target("avx2"))) inline __m256i avx2_first_lanes(int n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// DIRECT: A is read where it is stored (row r at a + r * lda) instead of
+// from a packed micro-panel; the arithmetic is the same.
+template <int ROWS, bool DIRECT = false>
+__attribute__((target("avx2,fma"))) void micro_avx2_tile(
+    int kc, const float* a, int64_t lda, const float* b, float* c,
+    int64_t ldc, int n, float alpha, float beta) {
   __m256 acc[ROWS][2];
 #pragma GCC unroll 8
   for (int r = 0; r < ROWS; ++r) {
@@ -216,22 +225,21 @@ __attribute__((target("avx2,fma"))) void micro_avx2_rows(
     const __m256 b1 = _mm256_load_ps(b + 8);
 #pragma GCC unroll 8
     for (int r = 0; r < ROWS; ++r) {
-      const __m256 ar = _mm256_broadcast_ss(a + r);
+      const __m256 ar = _mm256_broadcast_ss(DIRECT ? a + r * lda : a + r);
       acc[r][0] = _mm256_fmadd_ps(ar, b0, acc[r][0]);
       acc[r][1] = _mm256_fmadd_ps(ar, b1, acc[r][1]);
     }
-    a += kAvx2MR;
+    a += DIRECT ? 1 : kAvx2MR;
     b += kAvx2NR;
   }
-  const __m256 va = _mm256_set1_ps(alpha);
+  const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
   if (n == kAvx2NR) {
 #pragma GCC unroll 8
     for (int r = 0; r < ROWS; ++r) {
       float* cr = c + r * ldc;
       __m256 x0 = _mm256_mul_ps(acc[r][0], va);
       __m256 x1 = _mm256_mul_ps(acc[r][1], va);
-      if (beta != 0.0f) {
-        const __m256 vb = _mm256_set1_ps(beta);
+      if (beta != 0.0f) {  // beta == 0 never reads C (it may hold NaN)
         x0 = _mm256_fmadd_ps(_mm256_loadu_ps(cr), vb, x0);
         x1 = _mm256_fmadd_ps(_mm256_loadu_ps(cr + 8), vb, x1);
       }
@@ -239,28 +247,43 @@ __attribute__((target("avx2,fma"))) void micro_avx2_rows(
       _mm256_storeu_ps(cr + 8, x1);
     }
   } else {
-    alignas(32) float t[ROWS * kAvx2NR];
+    const __m256i m0 = avx2_first_lanes(n), m1 = avx2_first_lanes(n - 8);
 #pragma GCC unroll 8
     for (int r = 0; r < ROWS; ++r) {
-      _mm256_store_ps(t + r * kAvx2NR, acc[r][0]);
-      _mm256_store_ps(t + r * kAvx2NR + 8, acc[r][1]);
+      float* cr = c + r * ldc;
+      __m256 x0 = _mm256_mul_ps(acc[r][0], va);
+      __m256 x1 = _mm256_mul_ps(acc[r][1], va);
+      if (beta != 0.0f) {
+        x0 = _mm256_fmadd_ps(_mm256_maskload_ps(cr, m0), vb, x0);
+        x1 = _mm256_fmadd_ps(_mm256_maskload_ps(cr + 8, m1), vb, x1);
+      }
+      _mm256_maskstore_ps(cr, m0, x0);
+      _mm256_maskstore_ps(cr + 8, m1, x1);
     }
-    merge_tile(t, kAvx2NR, c, ldc, ROWS, n, alpha, beta);
   }
 }
 
-template <std::size_t... I>
+using Avx2TileFn = void (*)(int, const float*, int64_t, const float*, float*,
+                            int64_t, int, float, float);
+template <bool DIRECT, std::size_t... I>
 constexpr auto make_avx2_table(std::index_sequence<I...>) {
-  using Fn = void (*)(int, const float*, const float*, float*, int64_t, int,
-                      float, float);
-  return std::array<Fn, sizeof...(I)>{{&micro_avx2_rows<int(I) + 1>...}};
+  return std::array<Avx2TileFn, sizeof...(I)>{
+      {&micro_avx2_tile<int(I) + 1, DIRECT>...}};
 }
 constexpr auto kAvx2Table =
-    make_avx2_table(std::make_index_sequence<kAvx2MR>{});
+    make_avx2_table<false>(std::make_index_sequence<kAvx2MR>{});
+constexpr auto kAvx2DirectTable =
+    make_avx2_table<true>(std::make_index_sequence<kAvx2MR>{});
 
 void micro_avx2(int kc, const float* a, const float* b, float* c, int64_t ldc,
                 int m, int n, float alpha, float beta) {
-  kAvx2Table[m - 1](kc, a, b, c, ldc, n, alpha, beta);
+  kAvx2Table[m - 1](kc, a, 0, b, c, ldc, n, alpha, beta);
+}
+
+void micro_avx2_direct(int kc, const float* a, int64_t lda, const float* b,
+                       float* c, int64_t ldc, int m, int n, float alpha,
+                       float beta) {
+  kAvx2DirectTable[m - 1](kc, a, lda, b, c, ldc, n, alpha, beta);
 }
 
 bool avx2_supported() {
@@ -508,7 +531,7 @@ const Kernel kKernels[] = {
      avx512_supported, micro_avx512_direct},
     {"avx2", kAvx2MR, kAvx2NR, /*MC=*/144, /*KC=*/256, /*NC=*/3072,
      micro_avx2, pack_a_generic<kAvx2MR>, pack_b_generic<kAvx2NR>,
-     avx2_supported},
+     avx2_supported, micro_avx2_direct},
 #endif
     {"generic", kGenMR, kGenNR, /*MC=*/128, /*KC=*/256, /*NC=*/2048,
      micro_generic, pack_a_generic<kGenMR>, pack_b_generic<kGenNR>,
