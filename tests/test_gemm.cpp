@@ -121,7 +121,8 @@ std::string describe(const Case& c) {
 }
 
 // Shapes around the tile sizes (14x32, 6x16, 4x8), the cache blocks
-// (MC 168/144/128, KC 256, NC 3072/2048) and the model's attention shape.
+// (MC 56/48/128, KC 1024/768/256, NC 3072/2048) and the model's attention
+// shape.
 const int kShapes[][3] = {
     {1, 1, 1},      {7, 13, 5},    {37, 29, 61},   {131, 67, 259},
     {197, 64, 197}, {197, 197, 64}, {13, 31, 255},  {15, 33, 257},
@@ -177,7 +178,7 @@ TEST_CASE("sgemm: every beta and transpose with padded leading dimensions") {
 TEST_CASE("sgemm: large enough to use threads and several cache blocks") {
   // K > KC, M > 2*MC, N > NC for every kernel: exercises the K-block beta
   // chaining, the cooperative B packing and the row split over threads.
-  for (const char* name : {"avx512", "generic"}) {
+  for (const char* name : {"avx512", "avx2", "generic"}) {
     ForcedKernel fk(name);
     if (!fk.ok) continue;
     CAPTURE(name);
