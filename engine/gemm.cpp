@@ -286,6 +286,105 @@ void micro_avx2_direct(int kc, const float* a, int64_t lda, const float* b,
   kAvx2DirectTable[m - 1](kc, a, lda, b, c, ldc, n, alpha, beta);
 }
 
+// AVX2 packing. As with AVX-512 below, the transposing cases (A not
+// transposed, B transposed) are done in 8 x 8 blocks transposed in
+// registers; element by element, the stores of a B panel's 16 rows went
+// 64 bytes apart through a panel larger than L1, and packing took over a
+// quarter as long as the products it fed (METER-base at batch 1, x W^T).
+
+// In-register transpose of an 8 x 8 block: r[i] lane j -> r[j] lane i.
+__attribute__((target("avx2"))) inline void transpose8x8(__m256 r[8]) {
+  __m256 t[8];
+  // 1. Interleave row pairs: t[2i] = a0 b0 a1 b1 | a4 b4 a5 b5, t[2i+1] the rest.
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  // 2. Within each 128-bit half, r[4i+j] = column j (and j+4) of rows 4i..4i+3.
+#pragma GCC unroll 2
+  for (int i = 0; i < 2; ++i) {
+    r[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    r[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    r[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    r[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  // 3. Join the halves: column j from rows 0..3 and 4..7.
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    t[j] = _mm256_permute2f128_ps(r[j], r[4 + j], 0x20);
+    t[4 + j] = _mm256_permute2f128_ps(r[j], r[4 + j], 0x31);
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) r[i] = t[i];
+}
+
+// The first `width` (<= 8) lanes of v to dst, a row of a panel whose rows
+// are `width` apart or more. Short of the panel's last row (`last`) all 8
+// are stored: any extra lanes land at the start of the next row, which is
+// written after this one. An AVX2 masked store is much
+// slower than a plain one on some CPUs (AMD Zen 2 and 3).
+__attribute__((target("avx2"))) inline void store_panel_row(float* dst, __m256 v, int width, bool last) {
+  if (width == 8 || !last) _mm256_storeu_ps(dst, v);
+  else _mm256_maskstore_ps(dst, avx2_first_lanes(width), v);
+}
+
+// Writes the transpose of `rows` (<= 8) stored rows src[r * ld + k], k in
+// [0, kc), into dst[k * stride + r] for r < width (<= 8, <= stride), rows
+// >= `rows` as zeros; the panel's rows are written in order.
+__attribute__((target("avx2"))) void transpose_rows_into_panel_avx2(
+    const float* src, int64_t ld, int rows, int kc, float* dst, int stride, int width) {
+  for (int k0 = 0; k0 < kc; k0 += 8) {
+    const int kn = std::min(8, kc - k0);
+    const __m256i load_mask = avx2_first_lanes(kn);
+    __m256 r[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i)
+      r[i] = i >= rows ? _mm256_setzero_ps()
+             : kn == 8 ? _mm256_loadu_ps(src + i * ld + k0)
+                       : _mm256_maskload_ps(src + i * ld + k0, load_mask);
+    transpose8x8(r);
+    for (int c = 0; c < kn; ++c)
+      store_panel_row(dst + int64_t(k0 + c) * stride, r[c], width, k0 + c == kc - 1);
+  }
+}
+
+__attribute__((target("avx2"))) void pack_a_avx2(bool trans, const float* A, int64_t lda, int mc, int kc,
+                                                 float* dst) {
+  constexpr int MR = kAvx2MR;
+  for (int i0 = 0; i0 < mc; i0 += MR, dst += int64_t(MR) * kc) {
+    const int m = std::min(MR, mc - i0);
+    if (trans) {  // each panel row is m contiguous floats of A, zero-padded
+      const __m256i lm = avx2_first_lanes(m);
+      for (int k = 0; k < kc; ++k)
+        store_panel_row(dst + int64_t(k) * MR, _mm256_maskload_ps(A + k * lda + i0, lm), MR, k == kc - 1);
+    } else {  // rows of A become columns of the panel
+      transpose_rows_into_panel_avx2(A + i0 * lda, lda, m, kc, dst, MR, MR);
+    }
+  }
+}
+
+__attribute__((target("avx2"))) void pack_b_avx2(bool trans, const float* B, int64_t ldb, int kc, int nc,
+                                                 float* dst) {
+  constexpr int NR = kAvx2NR;
+  for (int j0 = 0; j0 < nc; j0 += NR, dst += int64_t(NR) * kc) {
+    const int n = std::min(NR, nc - j0);
+    if (!trans) {  // each panel row is n contiguous floats of B, zero-padded
+      const __m256i m0 = avx2_first_lanes(n), m1 = avx2_first_lanes(n - 8);
+      for (int k = 0; k < kc; ++k) {
+        const float* src = B + k * ldb + j0;
+        _mm256_store_ps(dst + int64_t(k) * NR, n >= 8 ? _mm256_loadu_ps(src) : _mm256_maskload_ps(src, m0));
+        _mm256_store_ps(dst + int64_t(k) * NR + 8,
+                        n >= 16 ? _mm256_loadu_ps(src + 8) : _mm256_maskload_ps(src + 8, m1));
+      }
+    } else {  // rows of B become columns of the panel, 8 at a time, each half a panel row
+      for (int h = 0; h < 2; ++h)
+        transpose_rows_into_panel_avx2(B + (j0 + 8 * h) * ldb, ldb, std::clamp(n - 8 * h, 0, 8), kc,
+                                       dst + 8 * h, NR, 8);
+    }
+  }
+}
+
 bool avx2_supported() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
@@ -540,7 +639,7 @@ const Kernel kKernels[] = {
      micro_avx512, pack_a_avx512, pack_b_avx512,
      avx512_supported, micro_avx512_direct},
     {"avx2", kAvx2MR, kAvx2NR, /*MC=*/ST_GEMM_AVX2_MC, /*KC=*/ST_GEMM_AVX2_KC, /*NC=*/3072,
-     micro_avx2, pack_a_generic<kAvx2MR>, pack_b_generic<kAvx2NR>,
+     micro_avx2, pack_a_avx2, pack_b_avx2,
      avx2_supported, micro_avx2_direct},
 #endif
     {"generic", kGenMR, kGenNR, /*MC=*/128, /*KC=*/256, /*NC=*/2048,
