@@ -32,10 +32,29 @@ ST_HOST_DEVICE inline Philox4 philox4x32_10(uint64_t counter, uint64_t key) {
 // Uniform in the open interval (0, 1): never 0 or 1, so log(u) and
 // log(1 - u) are finite (the Gumbel noise needs both). Draw `index` of the
 // stream `seed`: word index % 4 of the block for counter index / 4.
-ST_HOST_DEVICE inline float philox_uniform_at(uint64_t seed, uint64_t index) {
-  uint32_t bits = philox4x32_10(index / 4, seed).v[index % 4];
+ST_HOST_DEVICE inline float uniform_from_bits(uint32_t bits) {
   // 24 random bits, centred in their bucket: (0.5 .. 2^24-0.5) / 2^24.
   return (float(bits >> 8) + 0.5f) * (1.0f / 16777216.0f);
 }
+ST_HOST_DEVICE inline float philox_uniform_at(uint64_t seed, uint64_t index) {
+  return uniform_from_bits(philox4x32_10(index / 4, seed).v[index % 4]);
+}
+
+// Consecutive draws of one stream, each block of four computed once
+// (philox_uniform_at computes a whole block for every draw).
+class PhiloxDraws {
+ public:
+  ST_HOST_DEVICE PhiloxDraws(uint64_t seed, uint64_t first) : seed_(seed), next_(first) {}
+  // Draw `first`, then first + 1, ...: philox_uniform_at(seed, index) for each.
+  ST_HOST_DEVICE float next() {
+    if (next_ / 4 != block_index_) block_index_ = next_ / 4, block_ = philox4x32_10(block_index_, seed_);
+    return uniform_from_bits(block_.v[next_++ % 4]);
+  }
+
+ private:
+  uint64_t seed_, next_;
+  uint64_t block_index_ = ~uint64_t(0);  // none yet
+  Philox4 block_{};
+};
 
 }  // namespace st

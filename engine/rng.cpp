@@ -13,9 +13,13 @@ std::array<uint32_t, 4> philox4x32(uint64_t counter, uint64_t key) {
 
 float philox_uniform(uint64_t seed, uint64_t index) { return philox_uniform_at(seed, index); }
 
-float Rng::normal() {
-  float u1 = uniform(), u2 = uniform();
+float Rng::box_muller(float u1, float u2) {
   return std::sqrt(-2.0f * std::log(u1)) * std::cos(6.283185307179586f * u2);
+}
+
+float Rng::normal() {
+  const float u1 = uniform(), u2 = uniform();
+  return box_muller(u1, u2);
 }
 
 Rng Rng::split(uint64_t stream) const {

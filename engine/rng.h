@@ -31,6 +31,8 @@ struct Rng {
   }
   float uniform() { return philox_uniform(seed, take(1)); }
   float normal();  // standard normal (Box-Muller on two draws)
+  // The normal of two uniform draws u1, u2, as normal() makes it.
+  static float box_muller(float u1, float u2);
   // A generator of its own for stream k, a function of (seed, offset, k)
   // only; this one does not move. For work split in parts that draw at once
   // (the sharded training step); the caller then take()s one draw, so the

@@ -185,6 +185,24 @@ TEST_CASE("rng: split streams depend on the state and the stream, and leave the 
   CHECK(Tensor::uniform({64}, x, 0, 1).to_vector() != Tensor::uniform({64}, y, 0, 1).to_vector());
 }
 
+TEST_CASE("rng: randn is a loop of normal() draws, the same bits on one thread and on several") {
+  const int saved = omp_get_max_threads();
+  const int64_t n = 40'009;  // odd, and large enough to be shared out
+  for (int threads : {1, 2}) {
+    CAPTURE(threads);
+    omp_set_num_threads(threads);
+    Rng filled(5), looped(5);
+    filled.take(3), looped.take(3);
+    const std::vector<float> t = Tensor::randn({n}, filled, 0.5f).to_vector();
+    bool same = true;
+    for (int64_t i = 0; i < n; i++) same = same && t[size_t(i)] == 0.5f * looped.normal();
+    CHECK(same);
+    CHECK(filled.offset == looped.offset);
+    CHECK(filled.offset == 3 + 2 * uint64_t(n));
+  }
+  omp_set_num_threads(saved);
+}
+
 TEST_CASE("memory: a repeated training step is served from the cache") {
   Rng rng(3);
   Tensor w = parameter({33, 17}, rng, 0.1f), bias = parameter({33}, rng, 0.0f);
