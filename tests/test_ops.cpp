@@ -5,6 +5,7 @@
 // reference; for a straight-through op it also gives the smooth function
 // its backward differentiates.
 #include <doctest/doctest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -580,6 +581,33 @@ TEST_CASE("ops: data movement") {
 }
 TEST_CASE("ops: images") { run_cases("patch_embed"); run_cases("bicubic"); }
 TEST_CASE("ops: dropout and gumbel straight-through") { run_cases("dropout"); run_cases("gumbel"); }
+TEST_CASE("ops: random ops draw philox_uniform(seed, offset + i) at any offset, on one thread and on several") {
+  // Large enough to be shared out, odd, and from an offset that is not a
+  // multiple of four (a Philox block holds four draws).
+  const int64_t n = 20'011;
+  const int saved = omp_get_max_threads();
+  Rng values(3);
+  const Tensor x = Tensor::randn({n}, values);
+  const std::vector<float> xs = x.to_vector();
+  for (int threads : {1, 2}) {
+    CAPTURE(threads);
+    omp_set_num_threads(threads);
+    Rng r(41);
+    r.take(7);
+    const std::vector<float> dropped = dropout(x, 0.3f, r, true).to_vector();
+    const uint64_t gumbel_first = r.offset;
+    const std::vector<float> mask = gumbel_sigmoid_st(x, 0.7f, &r).to_vector();
+    int64_t wrong = 0;
+    for (int64_t i = 0; i < n; i++) {
+      const float keep = philox_uniform(41, 7 + uint64_t(i)) < 0.3f ? 0.0f : xs[size_t(i)] * (1.0f / 0.7f);
+      const double soft = sigm((xs[size_t(i)] + gumbel_noise(41, gumbel_first + uint64_t(i))) / 0.7);
+      wrong += dropped[size_t(i)] != keep;
+      wrong += std::fabs(soft - 0.5) > 1e-5 && mask[size_t(i)] != (soft > 0.5 ? 1.0f : 0.0f);
+    }
+    CHECK(wrong == 0);
+  }
+  omp_set_num_threads(saved);
+}
 TEST_CASE("ops: losses") {
   for (const char* p : {"cross_entropy", "bce", "kl_div", "mse"}) run_cases(p);
 }
