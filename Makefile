@@ -21,9 +21,10 @@ OPT      ?= -O3 $(NATIVE)
 DEBUG    ?= -g
 CXXFLAGS ?= $(OPT) $(DEBUG)
 CXXFLAGS += -std=c++20 -Wall -Wextra -fopenmp -I. -MMD -MP
-# Built without AVX-512 (NATIVE=, test-asan), GCC notes that passing a Vec16
-# (engine/ops/vec16.h) by value has another ABI; it only passes between the
-# inline functions of one build, so the note does not apply.
+# GCC notes that passing a vector wider than the build's registers by value
+# (the GEMM's AVX2 and AVX-512 kernels in a build for less) has another ABI;
+# such values only pass between the functions of one file, so the note does
+# not apply.
 CXXFLAGS += -Wno-psabi
 LDFLAGS  += -fopenmp
 # A GPU machine without Debian's -dev packages builds with the headers and
