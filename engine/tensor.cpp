@@ -122,9 +122,12 @@ Tensor Tensor::randn(const Shape& shape, Rng& rng, float stddev) {
 Tensor Tensor::uniform(const Shape& shape, Rng& rng, float low, float high) {
   Tensor t = empty(shape);
   float* p = t.data();
-  uint64_t first = rng.take(uint64_t(t.numel()));
-  for (int64_t i = 0, n = t.numel(); i < n; i++)
-    p[i] = low + (high - low) * philox_uniform(rng.seed, first + uint64_t(i));
+  const int64_t n = t.numel();
+  const uint64_t first = rng.take(uint64_t(n)), seed = rng.seed;
+  parallel_ranges(n, use_threads(n, 1 << 14), [&](int64_t begin, int64_t end) {
+    PhiloxDraws draws(seed, first + uint64_t(begin));  // draw first + i for element i
+    for (int64_t i = begin; i < end; i++) p[i] = low + (high - low) * draws.next();
+  });
   return t;
 }
 

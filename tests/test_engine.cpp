@@ -185,7 +185,7 @@ TEST_CASE("rng: split streams depend on the state and the stream, and leave the 
   CHECK(Tensor::uniform({64}, x, 0, 1).to_vector() != Tensor::uniform({64}, y, 0, 1).to_vector());
 }
 
-TEST_CASE("rng: randn is a loop of normal() draws, the same bits on one thread and on several") {
+TEST_CASE("rng: randn is a loop of normal() draws, uniform one of philox_uniform, on one thread and on several") {
   const int saved = omp_get_max_threads();
   const int64_t n = 40'009;  // odd, and large enough to be shared out
   for (int threads : {1, 2}) {
@@ -199,6 +199,12 @@ TEST_CASE("rng: randn is a loop of normal() draws, the same bits on one thread a
     CHECK(same);
     CHECK(filled.offset == looped.offset);
     CHECK(filled.offset == 3 + 2 * uint64_t(n));
+    const std::vector<float> u = Tensor::uniform({n}, filled, -2.0f, 3.0f).to_vector();
+    bool same_uniform = true;
+    for (int64_t i = 0; i < n; i++)
+      same_uniform = same_uniform && u[size_t(i)] == -2.0f + 5.0f * philox_uniform(5, 3 + 2 * uint64_t(n) + uint64_t(i));
+    CHECK(same_uniform);
+    CHECK(filled.offset == 3 + 3 * uint64_t(n));
   }
   omp_set_num_threads(saved);
 }
