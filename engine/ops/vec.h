@@ -47,9 +47,10 @@ inline Vec lane_index() {
 
 #if defined(__AVX__) && !defined(__AVX512F__)
 // Lane i of the mask is all ones when i < n: the mask AVX's maskload and
-// maskstore take.
+// maskstore take (a float compare: AVX without AVX2 has no integer one).
 inline __m256i first_lanes_mask(int n) {
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  return _mm256_castps_si256(
+      _mm256_cmp_ps(_mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_ps(float(n)), _CMP_LT_OQ));
 }
 #endif
 
