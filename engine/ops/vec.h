@@ -12,6 +12,7 @@
 // and stores go through memcpy, so the pointers need no alignment.
 #pragma once
 #include <cstring>
+#include <utility>
 
 #if defined(__AVX512F__) || defined(__AVX__)
 #include <immintrin.h>
@@ -82,43 +83,32 @@ inline void store_first(float* p, Vec v, int n) {
 
 inline Vec vmax(Vec a, Vec b) { return a > b ? a : b; }
 
-// v with its two halves swapped, then its quarters within each half, and so
-// on: step s exchanges lanes i and i ^ s. A reduction over the lanes is
-// log2(kLanes) such steps.
+// v with lanes i and i ^ S exchanged (S a power of two below kLanes): S =
+// kLanes / 2 swaps the halves, S = 1 neighbours. A reduction over the lanes
+// is log2(kLanes) such steps.
+template <int S, int... I>
+inline Vec swap_lanes(Vec v, std::integer_sequence<int, I...>) {
+  return __builtin_shufflevector(v, v, (I ^ S)...);
+}
 template <int S>
 inline Vec swap_lanes(Vec v) {
-#if defined(__AVX512F__)
-  if constexpr (S == 8) return __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
-  if constexpr (S == 4) return __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
-  if constexpr (S == 2) return __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
-  if constexpr (S == 1) return __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
-#elif defined(__AVX__)
-  if constexpr (S == 4) return __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3);
-  if constexpr (S == 2) return __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5);
-  if constexpr (S == 1) return __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6);
-#else
-  if constexpr (S == 2) return __builtin_shufflevector(v, v, 2, 3, 0, 1);
-  if constexpr (S == 1) return __builtin_shufflevector(v, v, 1, 0, 3, 2);
-#endif
-  return v;
+  return swap_lanes<S>(v, std::make_integer_sequence<int, kLanes>{});
 }
 
 // The max and the sum of all lanes, as halving trees: log2(kLanes)
 // dependent steps, where a loop over the lanes (what a compiler makes of a
 // reduction it may not reorder) takes kLanes - 1.
+template <int S = kLanes / 2>
 inline float lanes_max(Vec v) {
-  if constexpr (kLanes > 8) v = vmax(v, swap_lanes<8>(v));
-  if constexpr (kLanes > 4) v = vmax(v, swap_lanes<4>(v));
-  v = vmax(v, swap_lanes<2>(v));
-  v = vmax(v, swap_lanes<1>(v));
-  return v[0];
+  v = vmax(v, swap_lanes<S>(v));
+  if constexpr (S > 1) return lanes_max<S / 2>(v);
+  else return v[0];
 }
+template <int S = kLanes / 2>
 inline float lanes_sum(Vec v) {
-  if constexpr (kLanes > 8) v += swap_lanes<8>(v);
-  if constexpr (kLanes > 4) v += swap_lanes<4>(v);
-  v += swap_lanes<2>(v);
-  v += swap_lanes<1>(v);
-  return v[0];
+  v += swap_lanes<S>(v);
+  if constexpr (S > 1) return lanes_sum<S / 2>(v);
+  else return v[0];
 }
 
 }  // namespace st::cpu
