@@ -29,13 +29,15 @@ ST_HOST_DEVICE inline Philox4 philox4x32_10(uint64_t counter, uint64_t key) {
   return {{c0, c1, c2, c3}};
 }
 
+// A word of a block as a uniform: its top 24 bits, centred in their bucket,
+// (0.5 .. 2^24-0.5) / 2^24.
+ST_HOST_DEVICE inline float uniform_from_bits(uint32_t bits) {
+  return (float(bits >> 8) + 0.5f) * (1.0f / 16777216.0f);
+}
+
 // Uniform in the open interval (0, 1): never 0 or 1, so log(u) and
 // log(1 - u) are finite (the Gumbel noise needs both). Draw `index` of the
 // stream `seed`: word index % 4 of the block for counter index / 4.
-ST_HOST_DEVICE inline float uniform_from_bits(uint32_t bits) {
-  // 24 random bits, centred in their bucket: (0.5 .. 2^24-0.5) / 2^24.
-  return (float(bits >> 8) + 0.5f) * (1.0f / 16777216.0f);
-}
 ST_HOST_DEVICE inline float philox_uniform_at(uint64_t seed, uint64_t index) {
   return uniform_from_bits(philox4x32_10(index / 4, seed).v[index % 4]);
 }

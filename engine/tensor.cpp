@@ -103,7 +103,7 @@ Tensor Tensor::from_ints(const std::vector<int32_t>& values, const Shape& shape)
 // Element i is the normal of draws first + 2i and first + 2i + 1, what a
 // loop of rng.normal() gives, on any number of threads and with each Philox
 // block computed once, not once per draw: a METER-base's random
-// initialisation took 22 to 26 s.
+// initialisation took 22 to 30 s.
 Tensor Tensor::randn(const Shape& shape, Rng& rng, float stddev) {
   Tensor t = empty(shape);
   float* p = t.data();
