@@ -15,6 +15,7 @@
 #include "engine/gemm.h"
 #include "engine/kernels.h"
 #include "engine/ops/head_projection.h"
+#include "engine/ops/keep_logits.h"
 #include "engine/parallel.h"
 #ifdef SMARTTRIM_CUDA
 #include "cuda/runtime.h"
@@ -23,11 +24,13 @@
 namespace st {
 
 // A small model's weights laid out once for the packed path's kernels
-// (see packed.h): GEMM panels of every weight, and the transposed copies
-// the row-by-row head projections read, by W (attention's Q, K, V and O).
+// (see packed.h): GEMM panels of every weight, the transposed copies the
+// row-by-row head projections read, by W (attention's Q, K, V and O), and
+// those the token trimmers' keep-logit kernel reads, by trimmer.
 struct PackedMeter::Prepared {
   PrepackedWeights gemm;
   std::unordered_map<const float*, cpu::HeadWeights> heads;
+  std::unordered_map<const TokenTrimmer*, cpu::TokenTrimmerWeights> trimmers;
 };
 using Prepared = PackedMeter::Prepared;
 
@@ -364,18 +367,38 @@ Tensor vit_block(const ViTBlock& blk, const Tensor& x, const Segments& s, Flops&
 
 // --- trimmers on packed rows
 
+// The FLOPs of a token trimmer's keep logits, charged to each example: per
+// row its local view (W_loc) and W_1h and w_2; per example its cross-modal
+// view (W_x) and the W_1 columns that read g and u (trimmer_logits).
+void count_trimmer_flops(const TokenTrimmer& tr, const Segments& s, Flops& flops) {
+  const double d = double(tr.local.weight.dim(1)), dt = double(tr.width()), views = tr.cross_modal ? 3 : 2;
+  const double per_row = 2.0 * dt * d + 2.0 * dt * dt + 2.0 * dt;
+  const double per_example = 2.0 * (views - 1) * dt * dt + (tr.cross_modal ? 2.0 * dt * double(tr.cross.weight.dim(1)) : 0.0);
+  for (int64_t b = 0; b < s.examples(); b++) flops[size_t(b)] += per_example + per_row * double(s.rows(b));
+}
+
 // Keep logits (R) of a token trimmer on packed rows (token_trimmer.h's
-// equations). W_1 [h_i ; g ; u] is split as W_1h h_i + (W_1g g + W_1u u):
-// the part in brackets is one vector per example, so W_1 costs 2 d_t^2 per
-// row instead of 2 (3 d_t) d_t, and no (R, 3 d_t) concatenation is built.
+// equations). A small model's trimmers on the CPU run as one kernel
+// (engine/ops/keep_logits.h); otherwise op by op, with W_1 [h_i ; g ; u]
+// split as W_1h h_i + (W_1g g + W_1u u): the part in brackets is one vector
+// per example, so W_1 costs 2 d_t^2 per row instead of 2 (3 d_t) d_t, and
+// no (R, 3 d_t) concatenation is built.
 std::vector<float> trimmer_logits(const TokenTrimmer& tr, const Tensor& x, const Segments& s, const Tensor& summary,
-                                  Flops& flops) {
+                                  const Prepared* prepared, Flops& flops) {
+  count_trimmer_flops(tr, s, flops);
   const int64_t B = s.examples(), dt = tr.width(), views = tr.cross_modal ? 3 : 2;
-  Tensor h = linear_rows(tr.ln_x.forward(x), tr.local, s, flops, Activation::Gelu);  // (R, d_t)
-  Tensor g = segment_mean(h, s);                                         // (B, d_t)
+  if (prepared)
+    if (const auto it = prepared->trimmers.find(&tr); it != prepared->trimmers.end()) {
+      std::vector<float> logits(size_t(s.total()));
+      const std::vector<int32_t> at(s.at.begin(), s.at.end());
+      cpu::keep_logits(logits.data(), x.data(), at.data(), int(B), tr.cross_modal ? summary.data() : nullptr,
+                       it->second);
+      return logits;
+    }
+  Tensor h = tr.local.forward(tr.ln_x.forward(x), Activation::Gelu);  // (R, d_t)
+  Tensor g = segment_mean(h, s);                                     // (B, d_t)
   Tensor u;
-  if (tr.cross_modal)
-    u = linear_rows(tr.ln_c.forward(summary), tr.cross, even_segments(B), flops, Activation::Gelu);  // (B, d_t)
+  if (tr.cross_modal) u = tr.cross.forward(tr.ln_c.forward(summary), Activation::Gelu);  // (B, d_t)
   // per example: b_1 + W_1g g + W_1u u   (B, d_t)
   const Device dev = x.device();
   const auto gemm = ST_KERNEL(dev, gemm);
@@ -386,7 +409,6 @@ std::vector<float> trimmer_logits(const TokenTrimmer& tr, const Tensor& x, const
   if (tr.cross_modal)
     gemm(false, true, int(B), int(dt), int(dt), 1.0f, u.data(), int(dt), W1 + 2 * dt, int(views * dt), 1.0f,
          per_example.data(), int(dt));
-  for (double& f : flops) f += 2.0 * double(views - 1) * double(dt * dt);
   // per row: its example's vector plus W_1h h_i, through GELU, then w_2 . a + b_2
   std::vector<int32_t> example_of_row;
   for (int64_t b = 0; b < B; b++) example_of_row.insert(example_of_row.end(), size_t(s.rows(b)), int32_t(b));
@@ -396,7 +418,6 @@ std::vector<float> trimmer_logits(const TokenTrimmer& tr, const Tensor& x, const
   Tensor logits = Tensor::empty({s.total()}, DType::F32, dev);  // (R)
   ST_KERNEL(dev, gelu_dot_rows)(logits.data(), a.data(), tr.mlp2.weight.data(), tr.mlp2.bias.data(), s.total(),
                                 int(dt));
-  for (int64_t b = 0; b < B; b++) flops[size_t(b)] += double(s.rows(b)) * (2.0 * double(dt * dt) + 2.0 * double(dt));
   return logits.to_vector();
 }
 
@@ -405,8 +426,8 @@ std::vector<float> trimmer_logits(const TokenTrimmer& tr, const Tensor& x, const
 //   keep_ratio > 0:  the ceil(keep_ratio * n) highest logits of each example's n rows
 //                    (the fixed-ratio top-k baseline: every example keeps the same share).
 std::vector<float> keep_tokens(const TokenTrimmer& tr, const Tensor& x, const Segments& s, const Tensor& summary,
-                               float theta, float keep_ratio, Flops& flops) {
-  const std::vector<float> score = trimmer_logits(tr, x, s, summary, flops);
+                               float theta, float keep_ratio, const Prepared* prepared, Flops& flops) {
+  const std::vector<float> score = trimmer_logits(tr, x, s, summary, prepared, flops);
   std::vector<float> keep(score.size(), 0.0f);
   for (int64_t b = 0; b < s.examples(); b++) {
     const int64_t first = s.at[size_t(b)], n = s.rows(b);
@@ -476,7 +497,7 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
     if (int s = trimming ? TrimConfig::site(tc.text_token_layers, l) : -1; s >= 0) {
       record(&PassCounts<double>::text_scored, ts);
       ts = repack(t, ts, keep_tokens(m_.text_token_trimmers_[size_t(s)], t, ts, image_summary,
-                                     opt.token_threshold, opt.keep_ratio, flops), t_pos);
+                                     opt.token_threshold, opt.keep_ratio, prepared_.get(), flops), t_pos);
       pass.kept.push_back({"text", l, positions_by_example(t_pos, ts)});
       clock.lap("text token trimmer", l);
     }
@@ -499,7 +520,7 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
     if (int s = trimming ? TrimConfig::site(tc.vit_token_layers, l) : -1; s >= 0) {
       record(&PassCounts<double>::vit_scored, vs);
       vs = repack(v, vs, keep_tokens(m_.vit_token_trimmers_[size_t(s)], v, vs, text_first,
-                                     opt.token_threshold, opt.keep_ratio, flops), v_pos);
+                                     opt.token_threshold, opt.keep_ratio, prepared_.get(), flops), v_pos);
       pass.kept.push_back({"vit", l, positions_by_example(v_pos, vs)});
       clock.lap("ViT token trimmer", l);
     }
@@ -524,9 +545,9 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
       record(&PassCounts<double>::cross_image_scored, vs);
       const Tensor t_first = first_rows(t, ts), v_first = first_rows(v, vs);  // before either stream changes
       std::vector<float> keep_t = keep_tokens(m_.cross_text_token_trimmers_[size_t(s)], t, ts, v_first,
-                                              opt.token_threshold, opt.keep_ratio, flops);
+                                              opt.token_threshold, opt.keep_ratio, prepared_.get(), flops);
       std::vector<float> keep_v = keep_tokens(m_.cross_image_token_trimmers_[size_t(s)], v, vs, t_first,
-                                              opt.token_threshold, opt.keep_ratio, flops);
+                                              opt.token_threshold, opt.keep_ratio, prepared_.get(), flops);
       ts = repack(t, ts, keep_t, t_pos);
       vs = repack(v, vs, keep_v, v_pos);
       pass.kept.push_back({"cross-text", l, positions_by_example(t_pos, ts)});
@@ -640,8 +661,7 @@ namespace {
 // GEMM panels: every matrix parameter as the W of x W^T (a linear layer's
 // (out, in) weight; the patch embedding's (width, 3, p, p) as
 // (width, 3 p p)), and the row and column blocks that the passes multiply
-// by on their own: CLIP's fused in_proj (its Q, K and V rows) and a token
-// trimmer's mlp1 (its [h | g | u] columns, trimmer_logits).
+// by on their own: CLIP's fused in_proj (its Q, K and V rows).
 void prepack_gemm_weights(const Meter& m, PrepackedWeights& w) {
   for (const auto& [name, t] : m.params().list) {
     if (t->rank() < 2) continue;
@@ -650,9 +670,21 @@ void prepack_gemm_weights(const Meter& m, PrepackedWeights& w) {
     w.add(W, K, N, K);
     if (name.ends_with("in_proj_weight"))
       for (int part = 0; part < 3; part++) w.add(W + int64_t(part) * (N / 3) * K, K, N / 3, K);
-    if (name.starts_with("smarttrim.") && name.ends_with(".mlp1.weight"))
-      for (int block = 0; block < K / N; block++) w.add(W + int64_t(block) * N, N, N, K);
   }
+}
+
+// Raw views of a token trimmer's parameters, for its keep-logit kernel.
+cpu::TokenTrimmerParams params_of(const TokenTrimmer& tr) {
+  cpu::TokenTrimmerParams p;
+  p.d = int(tr.local.weight.dim(1)), p.d_c = int(tr.cross.weight.dim(1)), p.d_t = tr.width();
+  p.cross_modal = tr.cross_modal;
+  p.ln_x_weight = tr.ln_x.weight.data(), p.ln_x_bias = tr.ln_x.bias.data(), p.ln_x_eps = tr.ln_x.eps;
+  p.ln_c_weight = tr.ln_c.weight.data(), p.ln_c_bias = tr.ln_c.bias.data(), p.ln_c_eps = tr.ln_c.eps;
+  p.local_weight = tr.local.weight.data(), p.local_bias = tr.local.bias.data();
+  p.cross_weight = tr.cross.weight.data(), p.cross_bias = tr.cross.bias.data();
+  p.mlp1_weight = tr.mlp1.weight.data(), p.mlp1_bias = tr.mlp1.bias.data();
+  p.mlp2_weight = tr.mlp2.weight.data(), p.mlp2_bias = tr.mlp2.bias.data();
+  return p;
 }
 
 // Head projections: the co-attention's modules, the ones head trimmers act on.
@@ -678,6 +710,10 @@ PackedMeter::PackedMeter(const Meter& model) : m_(model) {
   for (const auto* layers : {&model.text_layers_, &model.image_layers_})
     for (const BertCrossLayer& l : *layers) modules.push_back(&l.attention.attn), modules.push_back(&l.crossattention.attn);
   prepare_head_weights(modules, p->heads);
+  for (const auto* trimmers : {&model.vit_token_trimmers_, &model.text_token_trimmers_,
+                               &model.cross_text_token_trimmers_, &model.cross_image_token_trimmers_})
+    for (const TokenTrimmer& tr : *trimmers)
+      if (cpu::keep_logits_fit(tr.width())) p->trimmers.emplace(&tr, cpu::token_trimmer_weights(params_of(tr)));
   prepared_ = std::move(p);
 }
 

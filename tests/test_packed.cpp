@@ -12,6 +12,8 @@
 
 #include "engine/kernels.h"
 #include "engine/ops/head_projection.h"
+#include "engine/ops/keep_logits.h"
+#include "engine/ops/vec.h"
 #include "layers/meter.h"
 #include "pruning/packed.h"
 #include "tests/compare.h"
@@ -278,6 +280,62 @@ TEST_CASE("packed: stage times name every stage of the pass once, in order, and 
     }
   }
   omp_set_num_threads(threads);
+}
+
+TEST_CASE("packed: the keep-logit kernel against the token trimmer's own forward, 1 to 4 vectors wide") {
+  // Examples of unequal lengths, one of them without rows (the kernel's
+  // business; the packed path always keeps a first token), and enough rows
+  // for whole blocks of rows and leftovers. The trimmer's own forward reads
+  // them padded to N with a mask.
+  const std::vector<int64_t> lengths = {1, 11, 0, 23, 9};
+  const int64_t B = int64_t(lengths.size()), N = 23, d = 37, d_c = 29;
+  const int L = st::cpu::kLanes;
+  for (int d_t : {5, L + 3, 3 * L - 1, 4 * L})
+    for (bool cross_modal : {true, false}) {
+      CAPTURE(d_t);
+      CAPTURE(cross_modal);
+      st::Rng rng(uint64_t(100 + d_t));
+      st::TokenTrimmer tr(int(d), int(d_c), d_t, cross_modal, rng);
+      tr.ln_x.weight = Tensor::randn({d}, rng), tr.ln_x.bias = Tensor::randn({d}, rng);  // not 1 and 0
+      if (cross_modal) tr.ln_c.weight = Tensor::randn({d_c}, rng), tr.ln_c.bias = Tensor::randn({d_c}, rng);
+      tr.ln_x.eps = 1e-3f, tr.ln_c.eps = 1e-4f;
+
+      Tensor x = Tensor::randn({B, N, d}, rng), c = Tensor::randn({B, d_c}, rng);
+      std::vector<float> mask(size_t(B * N), 0.0f), packed;
+      std::vector<int32_t> at = {0};
+      for (int64_t b = 0; b < B; b++) {
+        for (int64_t i = 0; i < lengths[size_t(b)]; i++) {
+          mask[size_t(b * N + i)] = 1.0f;
+          packed.insert(packed.end(), x.data() + (b * N + i) * d, x.data() + (b * N + i + 1) * d);
+        }
+        at.push_back(at.back() + int32_t(lengths[size_t(b)]));
+      }
+      st::NoGrad no_grad;
+      const Tensor want = tr.logits(x, Tensor::from_vector(mask, {B, N}), c);  // (B, N)
+
+      st::cpu::TokenTrimmerParams p;
+      p.d = int(d), p.d_c = int(d_c), p.d_t = d_t, p.cross_modal = cross_modal;
+      p.ln_x_weight = tr.ln_x.weight.data(), p.ln_x_bias = tr.ln_x.bias.data(), p.ln_x_eps = tr.ln_x.eps;
+      p.ln_c_weight = tr.ln_c.weight.data(), p.ln_c_bias = tr.ln_c.bias.data(), p.ln_c_eps = tr.ln_c.eps;
+      p.local_weight = tr.local.weight.data(), p.local_bias = tr.local.bias.data();
+      p.cross_weight = tr.cross.weight.data(), p.cross_bias = tr.cross.bias.data();
+      p.mlp1_weight = tr.mlp1.weight.data(), p.mlp1_bias = tr.mlp1.bias.data();
+      p.mlp2_weight = tr.mlp2.weight.data(), p.mlp2_bias = tr.mlp2.bias.data();
+      REQUIRE(st::cpu::keep_logits_fit(d_t));
+      const st::cpu::TokenTrimmerWeights w = st::cpu::token_trimmer_weights(p);
+      std::vector<float> got(size_t(at.back()), NAN);
+      st::cpu::keep_logits(got.data(), packed.data(), at.data(), int(B), c.data(), w);
+
+      std::vector<float> want_packed;
+      for (int64_t b = 0; b < B; b++)
+        for (int64_t i = 0; i < lengths[size_t(b)]; i++) want_packed.push_back(want.data()[b * N + i]);
+      const int64_t R = int64_t(got.size());
+      CHECK(st::testing::relative_error(Tensor::from_vector(got, {R}), Tensor::from_vector(want_packed, {R})) < 1e-5);
+    }
+  CHECK_FALSE(st::cpu::keep_logits_fit(4 * L + 1));
+  st::cpu::TokenTrimmerParams too_wide;
+  too_wide.d_t = 4 * L + 1;
+  CHECK_THROWS_AS(st::cpu::token_trimmer_weights(too_wide), st::ArgumentError);
 }
 
 TEST_CASE("packed: the row kernels (segment means, GELU-dots, column gathers and scatters) against plain loops") {
