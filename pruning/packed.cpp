@@ -26,11 +26,12 @@ namespace st {
 // A small model's weights laid out once for the packed path's kernels
 // (see packed.h): GEMM panels of every weight, the transposed copies the
 // row-by-row head projections read, by W (attention's Q, K, V and O), and
-// those the token trimmers' keep-logit kernel reads, by trimmer.
+// those the trimmers' keep-logit kernels read, by trimmer.
 struct PackedMeter::Prepared {
   PrepackedWeights gemm;
   std::unordered_map<const float*, cpu::HeadWeights> heads;
   std::unordered_map<const TokenTrimmer*, cpu::TokenTrimmerWeights> trimmers;
+  std::unordered_map<const HeadTrimmer*, cpu::HeadTrimmerWeights> head_trimmers;
 };
 using Prepared = PackedMeter::Prepared;
 
@@ -448,9 +449,20 @@ std::vector<float> keep_tokens(const TokenTrimmer& tr, const Tensor& x, const Se
 
 // Head mask (B, H) from the means of the stream the module reads (B, d) and,
 // for MCA, of the other stream (B, d); a layer's four head trimmers share them.
-Tensor keep_heads(const HeadTrimmer& tr, const Tensor& mean, const Tensor& other_mean, float theta, Flops& flops) {
+// A small model's head trimmers on the CPU run as one kernel (engine/ops/keep_logits.h).
+Tensor keep_heads(const HeadTrimmer& tr, const Tensor& mean, const Tensor& other_mean, float theta,
+                  const Prepared* prepared, Flops& flops) {
   const Tensor q = other_mean.defined() ? concat({mean, other_mean}, -1) : mean;  // (B, d) or (B, 2d)
   const Segments each = even_segments(mean.dim(0));
+  if (prepared)
+    if (const auto it = prepared->head_trimmers.find(&tr); it != prepared->head_trimmers.end()) {
+      const int64_t B = q.dim(0), H = tr.fc2.weight.dim(0);
+      for (const Linear* fc : {&tr.fc1, &tr.fc2})
+        for (double& f : flops) f += 2.0 * double(fc->weight.dim(0)) * double(fc->weight.dim(1));
+      Tensor logits = Tensor::empty({B, H});
+      cpu::head_logits(logits.data(), q.data(), int(B), it->second);
+      return kept_heads(logits, theta);
+    }
   Tensor hidden = linear_rows(tr.ln.forward(q), tr.fc1, each, flops, Activation::Gelu);
   Tensor logits = linear_rows(hidden, tr.fc2, each, flops);
   return kept_heads(logits.to(Device::CPU), theta);  // (B, H) on the host, where the rows per head are listed
@@ -560,10 +572,10 @@ PackedMeter::Pass PackedMeter::one_pass(const Tensor& ids, const Tensor& mask, c
       const auto& h = m_.cross_head_trimmers_[size_t(s)];
       const float theta = opt.head_threshold;
       const Tensor t_mean = segment_mean(t, ts), v_mean = segment_mean(v, vs);  // (B, d) each
-      z_ts = keep_heads(h.text_self, t_mean, Tensor(), theta, flops);
-      z_tc = keep_heads(h.text_cross, t_mean, v_mean, theta, flops);
-      z_vs = keep_heads(h.image_self, v_mean, Tensor(), theta, flops);
-      z_vc = keep_heads(h.image_cross, v_mean, t_mean, theta, flops);
+      z_ts = keep_heads(h.text_self, t_mean, Tensor(), theta, prepared_.get(), flops);
+      z_tc = keep_heads(h.text_cross, t_mean, v_mean, theta, prepared_.get(), flops);
+      z_vs = keep_heads(h.image_self, v_mean, Tensor(), theta, prepared_.get(), flops);
+      z_vc = keep_heads(h.image_cross, v_mean, t_mean, theta, prepared_.get(), flops);
       clock.lap("head trimmers", l);
     }
     auto heads_kept = [&](std::vector<double> PassCounts<double>::*field, const Tensor& z) {
@@ -673,7 +685,7 @@ void prepack_gemm_weights(const Meter& m, PrepackedWeights& w) {
   }
 }
 
-// Raw views of a token trimmer's parameters, for its keep-logit kernel.
+// Raw views of a trimmer's parameters, for its keep-logit kernel.
 cpu::TokenTrimmerParams params_of(const TokenTrimmer& tr) {
   cpu::TokenTrimmerParams p;
   p.d = int(tr.local.weight.dim(1)), p.d_c = int(tr.cross.weight.dim(1)), p.d_t = tr.width();
@@ -684,6 +696,15 @@ cpu::TokenTrimmerParams params_of(const TokenTrimmer& tr) {
   p.cross_weight = tr.cross.weight.data(), p.cross_bias = tr.cross.bias.data();
   p.mlp1_weight = tr.mlp1.weight.data(), p.mlp1_bias = tr.mlp1.bias.data();
   p.mlp2_weight = tr.mlp2.weight.data(), p.mlp2_bias = tr.mlp2.bias.data();
+  return p;
+}
+
+cpu::HeadTrimmerParams params_of(const HeadTrimmer& tr) {
+  cpu::HeadTrimmerParams p;
+  p.q_width = int(tr.fc1.weight.dim(1)), p.hidden = int(tr.fc1.weight.dim(0)), p.heads = int(tr.fc2.weight.dim(0));
+  p.ln_weight = tr.ln.weight.data(), p.ln_bias = tr.ln.bias.data(), p.ln_eps = tr.ln.eps;
+  p.fc1_weight = tr.fc1.weight.data(), p.fc1_bias = tr.fc1.bias.data();
+  p.fc2_weight = tr.fc2.weight.data(), p.fc2_bias = tr.fc2.bias.data();
   return p;
 }
 
@@ -714,6 +735,10 @@ PackedMeter::PackedMeter(const Meter& model) : m_(model) {
                                &model.cross_text_token_trimmers_, &model.cross_image_token_trimmers_})
     for (const TokenTrimmer& tr : *trimmers)
       if (cpu::keep_logits_fit(tr.width())) p->trimmers.emplace(&tr, cpu::token_trimmer_weights(params_of(tr)));
+  for (const Meter::CrossHeadTrimmers& layer : model.cross_head_trimmers_)
+    for (const HeadTrimmer* tr : {&layer.text_self, &layer.text_cross, &layer.image_self, &layer.image_cross})
+      if (cpu::head_logits_fit(int(tr->fc1.weight.dim(0)), int(tr->fc2.weight.dim(0))))
+        p->head_trimmers.emplace(tr, cpu::head_trimmer_weights(params_of(*tr)));
   prepared_ = std::move(p);
 }
 

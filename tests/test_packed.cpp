@@ -338,6 +338,41 @@ TEST_CASE("packed: the keep-logit kernel against the token trimmer's own forward
   CHECK_THROWS_AS(st::cpu::token_trimmer_weights(too_wide), st::ArgumentError);
 }
 
+TEST_CASE("packed: the head-logit kernel against the head trimmer's own forward, MSA and MCA") {
+  const int64_t B = 13, d = 19;  // a block of rows and leftovers
+  const int L = st::cpu::kLanes;
+  for (int hidden : {3, L + 1, 4 * L})
+    for (int heads : {1, 5, L})
+      for (bool cross : {false, true}) {
+        CAPTURE(hidden);
+        CAPTURE(heads);
+        CAPTURE(cross);
+        st::Rng rng(uint64_t(7 * hidden + heads));
+        const int q_width = int(cross ? 2 * d : d);
+        st::HeadTrimmer tr(q_width, hidden, heads, rng);
+        tr.ln.weight = Tensor::randn({q_width}, rng), tr.ln.bias = Tensor::randn({q_width}, rng), tr.ln.eps = 1e-3f;
+        Tensor x = Tensor::randn({B, 1, d}, rng), y = Tensor::randn({B, 1, d}, rng), one = Tensor::ones({B, 1});
+        st::NoGrad no_grad;
+        const Tensor want = cross ? tr.logits(x, one, y, one) : tr.logits(x, one);  // (B, H); the means of one row
+        const Tensor q = cross ? st::concat({st::reshape(x, {B, d}), st::reshape(y, {B, d})}, -1) : st::reshape(x, {B, d});
+
+        st::cpu::HeadTrimmerParams p;
+        p.q_width = q_width, p.hidden = hidden, p.heads = heads;
+        p.ln_weight = tr.ln.weight.data(), p.ln_bias = tr.ln.bias.data(), p.ln_eps = tr.ln.eps;
+        p.fc1_weight = tr.fc1.weight.data(), p.fc1_bias = tr.fc1.bias.data();
+        p.fc2_weight = tr.fc2.weight.data(), p.fc2_bias = tr.fc2.bias.data();
+        REQUIRE(st::cpu::head_logits_fit(hidden, heads));
+        Tensor got = Tensor::full({B, heads}, NAN);
+        st::cpu::head_logits(got.data(), q.data(), int(B), st::cpu::head_trimmer_weights(p));
+        CHECK(st::testing::relative_error(got, want) < 1e-5);
+      }
+  CHECK_FALSE(st::cpu::head_logits_fit(4 * L + 1, 4));
+  CHECK_FALSE(st::cpu::head_logits_fit(16, L + 1));
+  st::cpu::HeadTrimmerParams too_many;
+  too_many.hidden = 8, too_many.heads = L + 1;
+  CHECK_THROWS_AS(st::cpu::head_trimmer_weights(too_many), st::ArgumentError);
+}
+
 TEST_CASE("packed: the row kernels (segment means, GELU-dots, column gathers and scatters) against plain loops") {
   st::Rng rng(31);
   const int64_t d = 13, ld = 23, c0 = 5, cols = 11;

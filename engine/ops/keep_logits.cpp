@@ -1,4 +1,4 @@
-// A token trimmer's keep logits in one pass over packed rows (keep_logits.h).
+// The trimmers' keep logits in one pass (keep_logits.h).
 #include "engine/ops/keep_logits.h"
 
 #include <algorithm>
@@ -185,6 +185,24 @@ std::vector<float> padded(const float* v, int n, int ld) {
   return p;
 }
 
+template <int V>
+void head_logits_of(float* out, const float* q, int B, const HeadTrimmerWeights& w) {
+  constexpr int R = rows_at_once(V);
+  const int ld = w.ld_hidden, H = w.heads;
+  auto rows = [&](auto rows_const, int64_t b) {
+    constexpr int n = decltype(rows_const)::value;
+    alignas(64) float hidden[n * kMaxVectors * kLanes];  // (n, ld): GELU(W_1 LN(q) + b_1)
+    view_rows<n, V>(hidden, q + b * w.q_width, w.q_width, w.ln_weight.data(), w.ln_bias.data(), w.ln_eps,
+                    w.fc1.data(), w.fc1_bias.data(), ld, normalised_rows(size_t(n * w.q_width)));
+    Vec acc[n][1];
+    set_rows<n, 1>(acc, w.fc2_bias.data());
+    accumulate<n, 1>(acc, hidden, ld, w.hidden, w.fc2.data(), w.ld_heads);
+    for (int r = 0; r < n; r++) store_first(out + (b + r) * H, acc[r][0], H);
+  };
+  in_blocks<R>(B, false, [&](int64_t b) { rows(std::integral_constant<int, R>{}, b); },
+               [&](int64_t b) { rows(std::integral_constant<int, 1>{}, b); });
+}
+
 }  // namespace
 
 bool keep_logits_fit(int d_t) { return d_t >= 1 && d_t <= kMaxVectors * kLanes; }
@@ -213,6 +231,37 @@ TokenTrimmerWeights token_trimmer_weights(const TokenTrimmerParams& p) {
     w.mlp1_u = transposed(p.mlp1_weight + 2 * dt, dt, dt, views * dt, ld);
   }
   return w;
+}
+
+bool head_logits_fit(int hidden, int heads) {
+  return hidden >= 1 && hidden <= kMaxVectors * kLanes && heads >= 1 && heads <= kLanes;
+}
+
+HeadTrimmerWeights head_trimmer_weights(const HeadTrimmerParams& p) {
+  if (!head_logits_fit(p.hidden, p.heads))
+    throw ArgumentError("head_trimmer_weights: " + std::to_string(p.hidden) + " hidden units and " +
+                        std::to_string(p.heads) + " heads; at most " + std::to_string(kMaxVectors * kLanes) +
+                        " and " + std::to_string(kLanes));
+  HeadTrimmerWeights w;
+  w.q_width = p.q_width, w.hidden = p.hidden, w.heads = p.heads, w.ln_eps = p.ln_eps;
+  w.ld_hidden = (p.hidden + kLanes - 1) / kLanes * kLanes, w.ld_heads = kLanes;
+  w.ln_weight.assign(p.ln_weight, p.ln_weight + p.q_width);
+  w.ln_bias.assign(p.ln_bias, p.ln_bias + p.q_width);
+  w.fc1 = transposed(p.fc1_weight, p.hidden, p.q_width, p.q_width, w.ld_hidden);
+  w.fc1_bias = padded(p.fc1_bias, p.hidden, w.ld_hidden);
+  w.fc2 = transposed(p.fc2_weight, p.heads, p.hidden, p.hidden, w.ld_heads);
+  w.fc2_bias = padded(p.fc2_bias, p.heads, w.ld_heads);
+  return w;
+}
+
+void head_logits(float* out, const float* q, int B, const HeadTrimmerWeights& w) {
+  switch (w.ld_hidden / kLanes) {
+    case 1: return head_logits_of<1>(out, q, B, w);
+    case 2: return head_logits_of<2>(out, q, B, w);
+    case 3: return head_logits_of<3>(out, q, B, w);
+    case 4: return head_logits_of<4>(out, q, B, w);
+    default: throw ArgumentError("head_logits: weights not made by head_trimmer_weights");
+  }
 }
 
 void keep_logits(float* out, const float* x, const int32_t* at, int B, const float* c, const TokenTrimmerWeights& w) {

@@ -1,6 +1,9 @@
-// A token trimmer's keep logits over packed rows, in one pass on the CPU
-// (the packed inference path, pruning/packed.cpp). The equations are
-// pruning/token_trimmer.h's; for example b, whose kept tokens are rows
+// The trimmers' keep logits in one pass on the CPU (the packed inference
+// path, pruning/packed.cpp): a token trimmer's over packed rows, and a head
+// trimmer's for each example.
+//
+// The token trimmer's equations are pruning/token_trimmer.h's; for example
+// b, whose kept tokens are rows
 // at[b] .. at[b+1] of x (R, d), and its summary of the other modality c_b:
 //
 //   h_i = GELU(W_loc LN_x(x_i) + b_loc)                      (d_t) per row
@@ -59,5 +62,29 @@ TokenTrimmerWeights token_trimmer_weights(const TokenTrimmerParams& p);
 // b's rows; c (B, d_c): each example's summary of the other modality (unread
 // without cross-modal input). An example without rows gets none.
 void keep_logits(float* out, const float* x, const int32_t* at, int B, const float* c, const TokenTrimmerWeights& w);
+
+// A head trimmer (pruning/head_trimmer.h), for each of B rows of q (B, q_width):
+//   r = W_2 GELU(W_1 LN(q) + b_1) + b_2      (H)
+struct HeadTrimmerParams {
+  int q_width = 0, hidden = 0, heads = 0;
+  const float *ln_weight = nullptr, *ln_bias = nullptr;
+  float ln_eps = 1e-5f;
+  const float *fc1_weight = nullptr, *fc1_bias = nullptr;  // (hidden, q_width), (hidden)
+  const float *fc2_weight = nullptr, *fc2_bias = nullptr;  // (heads, hidden), (heads)
+};
+
+// hidden up to 4 vectors, heads up to one.
+bool head_logits_fit(int hidden, int heads);
+
+// As TokenTrimmerWeights: fc1 (q_width, ld_hidden), fc2 (hidden, ld_heads), transposed and padded.
+struct HeadTrimmerWeights {
+  int q_width = 0, hidden = 0, heads = 0, ld_hidden = 0, ld_heads = 0;
+  float ln_eps = 0;
+  std::vector<float> ln_weight, ln_bias, fc1, fc1_bias, fc2, fc2_bias;
+};
+HeadTrimmerWeights head_trimmer_weights(const HeadTrimmerParams& p);
+
+// out (B, H): the head logits of every row of q (B, q_width).
+void head_logits(float* out, const float* q, int B, const HeadTrimmerWeights& w);
 
 }  // namespace st::cpu
