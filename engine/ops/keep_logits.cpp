@@ -99,13 +99,16 @@ void logit_rows(float* out, const float* h, const float* pe, const int32_t* exam
   }
 }
 
-// f(first, R) over rows 0 .. n in blocks of R, then f(i, 1) for the rest:
-// a row's arithmetic is the same in either.
-template <int R, class Block, class One>
-void in_blocks(int64_t n, bool threads, const Block& block, const One& one) {
+template <int R>
+using Rows = std::integral_constant<int, R>;
+
+// f(Rows<R>, i) for the blocks of R rows that fit in rows 0 .. n, then
+// f(Rows<1>, i) for each row left: a row's arithmetic is the same in either.
+template <int R, class F>
+void in_blocks(int64_t n, bool threads, const F& f) {
   const int64_t blocks = n / R;
-  parallel_for(blocks, threads, [&](int64_t i) { block(i * R); });
-  for (int64_t i = blocks * R; i < n; i++) one(i);
+  parallel_for(blocks, threads, [&](int64_t b) { f(Rows<R>{}, b * R); });
+  for (int64_t i = blocks * R; i < n; i++) f(Rows<1>{}, i);
 }
 
 // Room for a thread's normalised rows (view_rows' z).
@@ -135,13 +138,10 @@ void keep_logits_of(float* out, const float* x, const int32_t* at, int B, const 
   const int32_t* example = example_of.data();
 
   // --- h = GELU(W_loc LN_x(x_i) + b_loc), every row
-  auto local = [&](auto rows_const, int64_t i) {
-    constexpr int n = decltype(rows_const)::value;
+  in_blocks<R>(rows, threads, [&](auto n, int64_t i) {
     view_rows<n, V>(h + i * ld, x + i * d, d, w.ln_x_weight.data(), w.ln_x_bias.data(), w.ln_x_eps, w.local.data(),
                     w.local_bias.data(), ld, normalised_rows(size_t(n * d)));
-  };
-  in_blocks<R>(rows, threads, [&](int64_t i) { local(std::integral_constant<int, R>{}, i); },
-               [&](int64_t i) { local(std::integral_constant<int, 1>{}, i); });
+  });
 
   // --- g: the mean of h over each example's rows (zeros for an example without rows)
   for (int b = 0; b < B; b++) {
@@ -153,22 +153,17 @@ void keep_logits_of(float* out, const float* x, const int32_t* at, int B, const 
   }
 
   // --- u = GELU(W_x LN_c(c_b) + b_x), then pe, R examples at a time
-  auto cross = [&](auto rows_const, int64_t b) {
-    constexpr int n = decltype(rows_const)::value;
-    view_rows<n, V>(u + b * ld, c + b * dc, dc, w.ln_c_weight.data(), w.ln_c_bias.data(), w.ln_c_eps, w.cross.data(),
-                    w.cross_bias.data(), ld, normalised_rows(size_t(n * dc)));
-  };
   if (w.cross_modal)
-    in_blocks<R>(B, false, [&](int64_t b) { cross(std::integral_constant<int, R>{}, b); },
-                 [&](int64_t b) { cross(std::integral_constant<int, 1>{}, b); });
-  const float* u_or_none = w.cross_modal ? u : nullptr;
-  in_blocks<R>(
-      B, false, [&](int64_t b) { per_example_rows<R, V>(pe + b * ld, g + b * ld, u_or_none ? u + b * ld : nullptr, w); },
-      [&](int64_t b) { per_example_rows<1, V>(pe + b * ld, g + b * ld, u_or_none ? u + b * ld : nullptr, w); });
+    in_blocks<R>(B, false, [&](auto n, int64_t b) {
+      view_rows<n, V>(u + b * ld, c + b * dc, dc, w.ln_c_weight.data(), w.ln_c_bias.data(), w.ln_c_eps,
+                      w.cross.data(), w.cross_bias.data(), ld, normalised_rows(size_t(n * dc)));
+    });
+  in_blocks<R>(B, false, [&](auto n, int64_t b) {
+    per_example_rows<n, V>(pe + b * ld, g + b * ld, w.cross_modal ? u + b * ld : nullptr, w);
+  });
 
   // --- every row's logit
-  in_blocks<R>(rows, threads, [&](int64_t i) { logit_rows<R, V>(out + i, h + i * ld, pe, example + i, w); },
-               [&](int64_t i) { logit_rows<1, V>(out + i, h + i * ld, pe, example + i, w); });
+  in_blocks<R>(rows, threads, [&](auto n, int64_t i) { logit_rows<n, V>(out + i, h + i * ld, pe, example + i, w); });
 }
 
 // W (outs, ins) with row stride ldw -> (ins, ld): row j every output's weight for input j.
@@ -189,8 +184,7 @@ template <int V>
 void head_logits_of(float* out, const float* q, int B, const HeadTrimmerWeights& w) {
   constexpr int R = rows_at_once(V);
   const int ld = w.ld_hidden, H = w.heads;
-  auto rows = [&](auto rows_const, int64_t b) {
-    constexpr int n = decltype(rows_const)::value;
+  in_blocks<R>(B, false, [&](auto n, int64_t b) {
     alignas(64) float hidden[n * kMaxVectors * kLanes];  // (n, ld): GELU(W_1 LN(q) + b_1)
     view_rows<n, V>(hidden, q + b * w.q_width, w.q_width, w.ln_weight.data(), w.ln_bias.data(), w.ln_eps,
                     w.fc1.data(), w.fc1_bias.data(), ld, normalised_rows(size_t(n * w.q_width)));
@@ -198,9 +192,7 @@ void head_logits_of(float* out, const float* q, int B, const HeadTrimmerWeights&
     set_rows<n, 1>(acc, w.fc2_bias.data());
     accumulate<n, 1>(acc, hidden, ld, w.hidden, w.fc2.data(), w.ld_heads);
     for (int r = 0; r < n; r++) store_first(out + (b + r) * H, acc[r][0], H);
-  };
-  in_blocks<R>(B, false, [&](int64_t b) { rows(std::integral_constant<int, R>{}, b); },
-               [&](int64_t b) { rows(std::integral_constant<int, 1>{}, b); });
+  });
 }
 
 }  // namespace
